@@ -1,0 +1,515 @@
+//! The traced heap: every list cell, string, lambda, scope, error and host
+//! object lives here and is reached through a `Gc` handle. Collection is
+//! mark-and-sweep, run only at safe points chosen by the VM, which supplies
+//! the roots. Owns allocation, the collector and `gc/stats` numbers.
+
+use std::any::Any;
+use std::num::NonZeroU32;
+use std::rc::Rc;
+use std::time::Instant;
+
+use smallvec::SmallVec;
+
+use crate::compile::Proto;
+use crate::error::{ErrorData, Span};
+use crate::symbol::Sym;
+use crate::value::Value;
+
+/// A handle to a heap object.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Gc(NonZeroU32);
+
+impl Gc {
+    fn index(self) -> usize {
+        self.0.get() as usize - 1
+    }
+    fn from_index(i: usize) -> Gc {
+        Gc(NonZeroU32::new(i as u32 + 1).expect("heap index overflow"))
+    }
+}
+
+/// A scope reference; `None` is the global scope.
+pub type Env = Option<Gc>;
+
+/// One list cell. `len` is the length of the list starting here, so `len`
+/// of any list is O(1).
+#[derive(Clone, Copy, Debug)]
+pub struct Cons {
+    pub head: Value,
+    pub tail: Option<Gc>,
+    pub len: u32,
+    pub span: Span,
+}
+
+/// A lambda: compiled prototype, the scope it was created in and the
+/// arguments already bound by partial application.
+pub struct Lambda {
+    pub proto: Rc<Proto>,
+    pub env: Env,
+    pub bound: Vec<Value>,
+}
+
+/// A scope: bindings plus its lexical parent. Scopes made by a call (frames)
+/// also know their caller (for dynamic fallback) and their function.
+pub struct Scope {
+    pub vars: SmallVec<[(Sym, Value); 4]>,
+    pub parent: Env,
+    pub caller: Env,
+    /// The function whose call made this scope (None for `let` scopes).
+    pub func: Option<Rc<Proto>>,
+    /// The caller link is a tail-call link (the caller's frame has ended).
+    pub tail: bool,
+}
+
+/// A host object exposed to Valkyria as a Ref.
+pub trait HostObject: Any {
+    fn type_name(&self) -> &'static str;
+    fn describe(&self) -> String {
+        format!("<{}>", self.type_name())
+    }
+    /// Values this object keeps alive.
+    fn trace(&self, _out: &mut Vec<Value>) {}
+    fn as_any(&self) -> &dyn Any;
+}
+
+pub enum Object {
+    Free(Option<Gc>),
+    Cons(Cons),
+    Str(Box<str>),
+    Lambda(Box<Lambda>),
+    Scope(Box<Scope>),
+    Error(Box<ErrorData>),
+    Ref(Box<dyn HostObject>),
+}
+
+/// Collector statistics reported by `gc/stats`.
+#[derive(Default, Clone, Copy)]
+pub struct GcStats {
+    pub collections: u64,
+    pub pause_us_max: u64,
+    pub pause_us_total: u64,
+    pub freed_total: u64,
+}
+
+pub struct Heap {
+    objects: Vec<Object>,
+    marks: Vec<bool>,
+    free: Option<Gc>,
+    live: usize,
+    /// Approximate bytes held by live objects (after the last collection,
+    /// plus everything allocated since).
+    bytes: usize,
+    allocated_since_gc: usize,
+    threshold: usize,
+    next_collection: usize,
+    gray: Vec<Gc>,
+    #[allow(clippy::vec_box)] // boxes are moved in and out of heap objects whole
+    scope_pool: Vec<Box<Scope>>,
+    pub stats: GcStats,
+}
+
+const CONS_BYTES: usize = std::mem::size_of::<Object>();
+
+impl Heap {
+    pub fn new(threshold_bytes: usize) -> Heap {
+        Heap {
+            objects: Vec::new(),
+            marks: Vec::new(),
+            free: None,
+            live: 0,
+            bytes: 0,
+            allocated_since_gc: 0,
+            threshold: threshold_bytes,
+            next_collection: threshold_bytes,
+            gray: Vec::new(),
+            scope_pool: Vec::new(),
+            stats: GcStats::default(),
+        }
+    }
+
+    fn object_bytes(obj: &Object) -> usize {
+        CONS_BYTES
+            + match obj {
+                Object::Str(s) => s.len(),
+                Object::Lambda(l) => std::mem::size_of::<Lambda>() + l.bound.len() * 16,
+                Object::Scope(s) => {
+                    std::mem::size_of::<Scope>()
+                        + if s.vars.spilled() {
+                            s.vars.len() * 24
+                        } else {
+                            0
+                        }
+                }
+                Object::Error(e) => e.message.len() + 64,
+                Object::Ref(_) => 64,
+                _ => 0,
+            }
+    }
+
+    pub fn alloc(&mut self, obj: Object) -> Gc {
+        let size = Self::object_bytes(&obj);
+        self.bytes += size;
+        self.allocated_since_gc += size;
+        self.live += 1;
+        match self.free {
+            Some(g) => {
+                let slot = &mut self.objects[g.index()];
+                self.free = match slot {
+                    Object::Free(next) => *next,
+                    _ => None,
+                };
+                *slot = obj;
+                g
+            }
+            None => {
+                self.objects.push(obj);
+                self.marks.push(false);
+                Gc::from_index(self.objects.len() - 1)
+            }
+        }
+    }
+
+    /// True when enough has been allocated that the VM should collect at
+    /// its next safe point.
+    #[inline]
+    pub fn wants_collection(&self) -> bool {
+        self.allocated_since_gc >= self.next_collection
+    }
+
+    pub fn live_objects(&self) -> usize {
+        self.live
+    }
+
+    pub fn live_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    // ---- typed access -------------------------------------------------
+
+    #[inline]
+    pub fn get(&self, g: Gc) -> &Object {
+        &self.objects[g.index()]
+    }
+
+    #[inline]
+    pub fn cons(&self, g: Gc) -> &Cons {
+        match &self.objects[g.index()] {
+            Object::Cons(c) => c,
+            other => panic!(
+                "heap: expected cons, found {}",
+                crate::value::object_kind(other)
+            ),
+        }
+    }
+
+    pub fn string(&self, g: Gc) -> &str {
+        match &self.objects[g.index()] {
+            Object::Str(s) => s,
+            other => panic!(
+                "heap: expected string, found {}",
+                crate::value::object_kind(other)
+            ),
+        }
+    }
+
+    #[inline]
+    pub fn lambda(&self, g: Gc) -> &Lambda {
+        match &self.objects[g.index()] {
+            Object::Lambda(l) => l,
+            other => panic!(
+                "heap: expected lambda, found {}",
+                crate::value::object_kind(other)
+            ),
+        }
+    }
+
+    #[inline]
+    pub fn scope(&self, g: Gc) -> &Scope {
+        match &self.objects[g.index()] {
+            Object::Scope(s) => s,
+            other => panic!(
+                "heap: expected scope, found {}",
+                crate::value::object_kind(other)
+            ),
+        }
+    }
+
+    #[inline]
+    pub fn scope_mut(&mut self, g: Gc) -> &mut Scope {
+        match &mut self.objects[g.index()] {
+            Object::Scope(s) => s,
+            other => panic!(
+                "heap: expected scope, found {}",
+                crate::value::object_kind(other)
+            ),
+        }
+    }
+
+    pub fn error(&self, g: Gc) -> &ErrorData {
+        match &self.objects[g.index()] {
+            Object::Error(e) => e,
+            other => panic!(
+                "heap: expected error, found {}",
+                crate::value::object_kind(other)
+            ),
+        }
+    }
+
+    pub fn error_mut(&mut self, g: Gc) -> &mut ErrorData {
+        match &mut self.objects[g.index()] {
+            Object::Error(e) => e,
+            other => panic!(
+                "heap: expected error, found {}",
+                crate::value::object_kind(other)
+            ),
+        }
+    }
+
+    pub fn host_ref(&self, g: Gc) -> &dyn HostObject {
+        match &self.objects[g.index()] {
+            Object::Ref(r) => r.as_ref(),
+            other => panic!(
+                "heap: expected ref, found {}",
+                crate::value::object_kind(other)
+            ),
+        }
+    }
+
+    // ---- constructors -------------------------------------------------
+
+    pub fn string_value(&mut self, s: &str) -> Value {
+        Value::Str(self.alloc(Object::Str(s.into())))
+    }
+
+    /// Prepends `head` to the list starting at `tail`.
+    #[inline]
+    pub fn cons_cell(&mut self, head: Value, tail: Option<Gc>, span: Span) -> Gc {
+        let len = match tail {
+            Some(t) => self.cons(t).len + 1,
+            None => 1,
+        };
+        self.alloc(Object::Cons(Cons {
+            head,
+            tail,
+            len,
+            span,
+        }))
+    }
+
+    /// Builds a Q-expression from values.
+    pub fn qlist(&mut self, items: &[Value]) -> Value {
+        match self.list_cells(items.iter().map(|v| (*v, Span::NONE)).rev(), None) {
+            Some(g) => Value::Q(g),
+            None => Value::Nil,
+        }
+    }
+
+    /// Builds cells from items given in reverse order, ending in `tail`.
+    pub fn list_cells(
+        &mut self,
+        reversed: impl Iterator<Item = (Value, Span)>,
+        tail: Option<Gc>,
+    ) -> Option<Gc> {
+        let mut cell = tail;
+        for (v, span) in reversed {
+            cell = Some(self.cons_cell(v, cell, span));
+        }
+        cell
+    }
+
+    /// Collects a list's elements.
+    pub fn list_items(&self, v: Value) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cell = v.list_cell();
+        while let Some(c) = cell {
+            let cons = self.cons(c);
+            out.push(cons.head);
+            cell = cons.tail;
+        }
+        out
+    }
+
+    pub fn list_len(&self, v: Value) -> usize {
+        v.list_cell().map_or(0, |c| self.cons(c).len as usize)
+    }
+
+    /// Allocates a scope, reusing a pooled box when one is free.
+    pub fn new_scope(
+        &mut self,
+        vars: &[(Sym, Value)],
+        parent: Env,
+        caller: Env,
+        func: Option<Rc<Proto>>,
+        tail: bool,
+    ) -> Gc {
+        let scope = match self.scope_pool.pop() {
+            Some(mut b) => {
+                b.vars.clear();
+                b.vars.extend_from_slice(vars);
+                b.parent = parent;
+                b.caller = caller;
+                b.func = func;
+                b.tail = tail;
+                b
+            }
+            None => Box::new(Scope {
+                vars: SmallVec::from_slice(vars),
+                parent,
+                caller,
+                func,
+                tail,
+            }),
+        };
+        self.alloc(Object::Scope(scope))
+    }
+
+    // ---- collection ---------------------------------------------------
+
+    /// Marks a root value.
+    #[inline]
+    pub fn mark_value(&mut self, v: Value) {
+        match v {
+            Value::Q(g) | Value::S(g) | Value::Str(g) | Value::Lambda(g) | Value::Ref(g) => {
+                self.mark(g)
+            }
+            _ => {}
+        }
+    }
+
+    #[inline]
+    pub fn mark(&mut self, g: Gc) {
+        let i = g.index();
+        if !self.marks[i] {
+            self.marks[i] = true;
+            self.gray.push(g);
+        }
+    }
+
+    pub fn mark_proto(&mut self, proto: &Proto) {
+        for v in proto.constants.iter() {
+            self.mark_value(*v);
+        }
+    }
+
+    fn trace_gray(&mut self) {
+        let mut host_values = Vec::new();
+        while let Some(g) = self.gray.pop() {
+            // Temporarily take what we need out of the object to satisfy
+            // the borrow checker; objects are never moved.
+            match &self.objects[g.index()] {
+                Object::Cons(c) => {
+                    let (head, tail) = (c.head, c.tail);
+                    self.mark_value(head);
+                    if let Some(t) = tail {
+                        self.mark(t);
+                    }
+                }
+                Object::Lambda(l) => {
+                    let proto = l.proto.clone();
+                    let env = l.env;
+                    let bound: SmallVec<[Value; 8]> = l.bound.iter().copied().collect();
+                    self.mark_proto(&proto);
+                    if let Some(e) = env {
+                        self.mark(e);
+                    }
+                    for v in bound {
+                        self.mark_value(v);
+                    }
+                }
+                Object::Scope(s) => {
+                    let vars: SmallVec<[Value; 8]> = s.vars.iter().map(|(_, v)| *v).collect();
+                    let (parent, caller, func) = (s.parent, s.caller, s.func.clone());
+                    for v in vars {
+                        self.mark_value(v);
+                    }
+                    if let Some(p) = parent {
+                        self.mark(p);
+                    }
+                    if let Some(c) = caller {
+                        self.mark(c);
+                    }
+                    if let Some(f) = func {
+                        self.mark_proto(&f);
+                    }
+                }
+                Object::Ref(r) => {
+                    r.trace(&mut host_values);
+                    for v in host_values.drain(..) {
+                        self.mark_value(v);
+                    }
+                }
+                Object::Str(_) | Object::Error(_) | Object::Free(_) => {}
+            }
+        }
+    }
+
+    /// Finishes a collection whose roots have been marked: traces, sweeps
+    /// and records statistics. `started` is when root marking began.
+    pub fn finish_collection(&mut self, started: Instant) -> usize {
+        self.trace_gray();
+        let mut freed = 0usize;
+        let mut bytes = 0usize;
+        for i in 0..self.objects.len() {
+            if self.marks[i] {
+                self.marks[i] = false;
+                bytes += Self::object_bytes(&self.objects[i]);
+                continue;
+            }
+            if matches!(self.objects[i], Object::Free(_)) {
+                continue;
+            }
+            let old = std::mem::replace(&mut self.objects[i], Object::Free(self.free));
+            if let Object::Scope(mut b) = old {
+                if self.scope_pool.len() < 1024 {
+                    b.func = None;
+                    b.vars.clear();
+                    self.scope_pool.push(b);
+                }
+            }
+            self.free = Some(Gc::from_index(i));
+            freed += 1;
+        }
+        self.live -= freed;
+        self.bytes = bytes;
+        self.allocated_since_gc = 0;
+        self.next_collection = self.threshold.max(bytes);
+        let pause = started.elapsed().as_micros() as u64;
+        self.stats.collections += 1;
+        self.stats.pause_us_max = self.stats.pause_us_max.max(pause);
+        self.stats.pause_us_total += pause;
+        self.stats.freed_total += freed as u64;
+        freed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_cells_are_freed_and_reused() {
+        let mut heap = Heap::new(1 << 20);
+        let kept = heap.qlist(&[Value::Num(1), Value::Num(2)]);
+        let _garbage = heap.qlist(&[Value::Num(3), Value::Num(4), Value::Num(5)]);
+        assert_eq!(heap.live_objects(), 5);
+        let t = Instant::now();
+        heap.mark_value(kept);
+        let freed = heap.finish_collection(t);
+        assert_eq!(freed, 3);
+        assert_eq!(heap.live_objects(), 2);
+        assert_eq!(heap.list_items(kept).len(), 2);
+        heap.qlist(&[Value::Num(9)]);
+        assert_eq!(heap.objects.len(), 5, "freed slot reused");
+    }
+
+    #[test]
+    fn cycles_through_scopes_are_collected() {
+        let mut heap = Heap::new(1 << 20);
+        let scope = heap.new_scope(&[], None, None, None, false);
+        // scope -> its own caller: a cycle with no root.
+        heap.scope_mut(scope).caller = Some(scope);
+        let t = Instant::now();
+        assert_eq!(heap.finish_collection(t), 1);
+        assert_eq!(heap.live_objects(), 0);
+    }
+}

@@ -1,0 +1,79 @@
+//! Valkyria: a small, fast Lisp for prototyping systems.
+//!
+//! The pipeline is reader -> compile -> vm, with values in a traced heap.
+//! `Interpreter` is the embedding API: make one (it loads the prelude), then
+//! evaluate text or files.
+
+pub mod builtins;
+pub mod compile;
+pub mod error;
+pub mod heap;
+pub mod reader;
+pub mod repl;
+pub mod source;
+pub mod symbol;
+pub mod value;
+pub mod vm;
+
+pub use value::Value;
+pub use vm::{Mode, Vm};
+
+/// The prelude, embedded in the binary and loaded at startup.
+pub const PRELUDE: &str = include_str!("prelude.valk");
+/// The test module, loadable as `src/modules/test.valk` from the repository.
+pub const TEST_MODULE: &str = include_str!("modules/test.valk");
+
+/// An interpreter with the prelude loaded.
+pub struct Interpreter {
+    pub vm: Vm,
+}
+
+/// The outcome of evaluating text: a value's readable form, or a rendered
+/// Error (message, location, trace).
+pub type Outcome = Result<String, String>;
+
+impl Interpreter {
+    pub fn new(mode: Mode) -> Interpreter {
+        let mut vm = Vm::bare();
+        vm.mode = mode;
+        if let Err(e) = vm.run_source(PRELUDE, "<prelude>") {
+            // The prelude is part of the binary; failing here is a build defect.
+            panic!("prelude failed to load: {}", vm.render_error(e));
+        }
+        Interpreter { vm }
+    }
+
+    /// Evaluates source text; `name` is used in error positions.
+    pub fn eval_str(&mut self, src: &str, name: &str) -> Result<Value, String> {
+        match self.vm.run_source(src, name) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let text = self.vm.render_error(e);
+                self.vm.clear_uncatchable();
+                Err(text)
+            }
+        }
+    }
+
+    /// Evaluates text and returns the readable form of its value.
+    pub fn eval_to_string(&mut self, src: &str) -> Outcome {
+        let v = self.eval_str(src, "<eval>")?;
+        Ok(self.vm.show(v))
+    }
+
+    pub fn run_file(&mut self, path: &str) -> Result<Value, String> {
+        match self.vm.load_file(path) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let text = self.vm.render_error(e);
+                self.vm.clear_uncatchable();
+                Err(text)
+            }
+        }
+    }
+
+    /// The exit code requested by `exit` or `shutdown`, if any.
+    pub fn exit_requested(&self) -> Option<i32> {
+        self.vm.exit_code
+    }
+}

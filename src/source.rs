@@ -1,0 +1,73 @@
+//! Running source text and files: read every form, then compile and run
+//! each in the global scope. Read errors become Error values that carry the
+//! position they name.
+
+use std::rc::Rc;
+
+use crate::heap::Gc;
+use crate::reader;
+use crate::value::Value;
+use crate::vm::Vm;
+
+impl Vm {
+    /// Reads and runs `src`; `name` is how positions in it are reported.
+    /// Returns the last form's value.
+    pub fn run_source(&mut self, src: &str, name: &str) -> Result<Value, Gc> {
+        let file = self.add_file(name);
+        let forms = match reader::read_all(&mut self.heap, &mut self.syms, src, file) {
+            Ok(forms) => forms,
+            Err(e) => return Err(self.error_at(e.message, e.span)),
+        };
+        // Keep every form alive until it has run.
+        let base = self.stack.len();
+        self.stack.extend(forms.iter().map(|(v, _)| *v));
+        let mut last = Value::Unit;
+        for (v, span) in forms {
+            match self.eval_value(v, span, None) {
+                Ok(result) => last = result,
+                Err(e) => {
+                    self.stack.truncate(base);
+                    return Err(e);
+                }
+            }
+        }
+        self.stack.truncate(base);
+        Ok(last)
+    }
+
+    /// Reads a file and runs it. Unreadable and non-UTF-8 files are Errors
+    /// naming the path and the reason.
+    pub fn load_file(&mut self, path: &str) -> Result<Value, Gc> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) => return Err(self.error(format!("cannot read `{}`: {}", path, io_reason(&e)))),
+        };
+        let text = match String::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                return Err(self.error(format!(
+                    "cannot read `{}`: not valid UTF-8 (at byte {})",
+                    path,
+                    e.utf8_error().valid_up_to()
+                )))
+            }
+        };
+        self.run_source(&text, path)
+    }
+
+    /// Compiles and runs one value as code.
+    pub fn run_value(&mut self, v: Value) -> Result<Value, Gc> {
+        let span = self.span;
+        let proto: Rc<_> = self.compile_eval(v, span)?;
+        self.run_proto(proto, None)
+    }
+}
+
+/// The OS reason for an I/O error, without Rust's "(os error N)" suffix.
+pub fn io_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}

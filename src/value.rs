@@ -1,0 +1,297 @@
+//! The Value type, its printed forms (readable and display) and structural
+//! equality. Values are small and `Copy`; everything larger lives in the
+//! traced heap and is referenced by a `Gc` handle.
+
+use crate::heap::{Gc, Heap, Object};
+use crate::symbol::{Sym, Symbols};
+
+/// A Valkyria value.
+#[derive(Clone, Copy, Debug)]
+pub enum Value {
+    Num(i64),
+    Float(f64),
+    Sym(Sym),
+    /// `{}`: the empty Q-expression, also `nil`.
+    Nil,
+    /// `()`: the empty S-expression.
+    Unit,
+    /// A non-empty Q-expression: its first cons cell.
+    Q(Gc),
+    /// A non-empty S-expression: its first cons cell.
+    S(Gc),
+    Str(Gc),
+    Lambda(Gc),
+    Builtin(u32),
+    Ref(Gc),
+}
+
+impl Value {
+    pub fn type_name(self) -> &'static str {
+        match self {
+            Value::Num(_) => "Number",
+            Value::Float(_) => "Float",
+            Value::Sym(_) => "Symbol",
+            Value::Nil | Value::Q(_) => "Q-expression",
+            Value::Unit | Value::S(_) => "S-expression",
+            Value::Str(_) => "String",
+            Value::Lambda(_) | Value::Builtin(_) => "Function",
+            Value::Ref(_) => "Ref",
+        }
+    }
+
+    pub fn is_function(self) -> bool {
+        matches!(self, Value::Lambda(_) | Value::Builtin(_))
+    }
+
+    /// The first cell of a list value of either kind, if non-empty.
+    pub fn list_cell(self) -> Option<Gc> {
+        match self {
+            Value::Q(g) | Value::S(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    pub fn is_qexpr(self) -> bool {
+        matches!(self, Value::Nil | Value::Q(_))
+    }
+
+    pub fn bool(b: bool) -> Value {
+        Value::Num(b as i64)
+    }
+
+    /// The same identity: used for guards, not for `==`.
+    pub fn same(self, other: Value) -> bool {
+        match (self, other) {
+            (Value::Num(a), Value::Num(b)) => a == b,
+            (Value::Float(a), Value::Float(b)) => a.to_bits() == b.to_bits(),
+            (Value::Sym(a), Value::Sym(b)) => a == b,
+            (Value::Nil, Value::Nil) | (Value::Unit, Value::Unit) => true,
+            (Value::Q(a), Value::Q(b))
+            | (Value::S(a), Value::S(b))
+            | (Value::Str(a), Value::Str(b))
+            | (Value::Lambda(a), Value::Lambda(b))
+            | (Value::Ref(a), Value::Ref(b)) => a == b,
+            (Value::Builtin(a), Value::Builtin(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// Writes a float in the shortest form that reads back, always with a `.`
+/// or an exponent.
+pub fn format_float(f: f64, out: &mut String) {
+    if f.is_nan() {
+        out.push_str("nan");
+        return;
+    }
+    if f.is_infinite() {
+        out.push_str(if f > 0.0 { "inf" } else { "-inf" });
+        return;
+    }
+    let s = format!("{:?}", f);
+    out.push_str(&s);
+    if !s.contains(['.', 'e', 'E']) {
+        out.push_str(".0");
+    }
+}
+
+/// Escapes a string into its readable (source) form, quotes included.
+pub fn escape_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\0' => out.push_str("\\0"),
+            '\x07' => out.push_str("\\a"),
+            '\x08' => out.push_str("\\b"),
+            '\x0b' => out.push_str("\\v"),
+            '\x0c' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Printer state: where to write, whether strings are quoted, and a bound
+/// on output so that printing a huge or deeply nested value cannot exhaust
+/// memory or the native stack.
+pub struct Printer<'a> {
+    pub heap: &'a Heap,
+    pub syms: &'a Symbols,
+    pub builtin_names: &'a [&'static str],
+    pub out: String,
+    pub max_len: usize,
+}
+
+/// Nesting beyond this is printed as `...`.
+const PRINT_DEPTH_LIMIT: usize = 10_000;
+
+impl<'a> Printer<'a> {
+    fn truncated(&self) -> bool {
+        self.out.len() > self.max_len
+    }
+
+    /// Writes `v`; `readable` quotes strings (the form `show` and the REPL use).
+    pub fn write(&mut self, v: Value, readable: bool) {
+        self.write_depth(v, readable, 0)
+    }
+
+    fn write_depth(&mut self, v: Value, readable: bool, depth: usize) {
+        if self.truncated() {
+            return;
+        }
+        match v {
+            Value::Num(n) => {
+                use std::fmt::Write;
+                let _ = write!(self.out, "{}", n);
+            }
+            Value::Float(f) => format_float(f, &mut self.out),
+            Value::Sym(s) => self.out.push_str(self.syms.name(s)),
+            Value::Nil => self.out.push_str("{}"),
+            Value::Unit => self.out.push_str("()"),
+            Value::Q(g) => self.write_list(Some(g), '{', '}', depth),
+            Value::S(g) => self.write_list(Some(g), '(', ')', depth),
+            Value::Str(g) => {
+                let s = self.heap.string(g);
+                if readable {
+                    escape_string(s, &mut self.out);
+                } else {
+                    self.out.push_str(s);
+                }
+            }
+            Value::Builtin(id) => {
+                self.out.push_str("<builtin ");
+                self.out
+                    .push_str(self.builtin_names.get(id as usize).unwrap_or(&"?"));
+                self.out.push('>');
+            }
+            Value::Lambda(g) => {
+                let lambda = self.heap.lambda(g);
+                self.out.push_str("(\\ {");
+                let mut skip = lambda.bound.len();
+                let mut first = true;
+                let mut cell = lambda.proto.formals_value.list_cell();
+                while let Some(c) = cell {
+                    let cons = self.heap.cons(c);
+                    if skip > 0 && !matches!(cons.head, Value::Sym(s) if self.syms.name(s) == "&") {
+                        skip -= 1;
+                    } else {
+                        if !first {
+                            self.out.push(' ');
+                        }
+                        first = false;
+                        self.write_depth(cons.head, true, depth + 1);
+                    }
+                    cell = cons.tail;
+                }
+                self.out.push_str("} ");
+                self.write_depth(lambda.proto.body_value, true, depth + 1);
+                self.out.push(')');
+            }
+            Value::Ref(g) => {
+                let text = self.heap.host_ref(g).describe();
+                self.out.push_str(&text);
+            }
+        }
+    }
+
+    fn write_list(&mut self, mut cell: Option<Gc>, open: char, close: char, depth: usize) {
+        if depth > PRINT_DEPTH_LIMIT {
+            self.out.push_str("...");
+            return;
+        }
+        self.out.push(open);
+        let mut first = true;
+        while let Some(c) = cell {
+            if self.truncated() {
+                self.out.push_str(" ...");
+                break;
+            }
+            if !first {
+                self.out.push(' ');
+            }
+            first = false;
+            let cons = self.heap.cons(c);
+            self.write_depth(cons.head, true, depth + 1);
+            cell = cons.tail;
+        }
+        self.out.push(close);
+    }
+}
+
+/// Structural equality as `==` defines it: lists deeply, strings by content,
+/// numbers numerically across Number and Float, builtins by identity,
+/// lambdas by formals, body and bound arguments.
+pub fn equal(heap: &Heap, a: Value, b: Value) -> bool {
+    equal_depth(heap, a, b, 0)
+}
+
+fn equal_depth(heap: &Heap, a: Value, b: Value, depth: usize) -> bool {
+    if depth > PRINT_DEPTH_LIMIT {
+        return a.same(b);
+    }
+    match (a, b) {
+        (Value::Num(x), Value::Num(y)) => x == y,
+        (Value::Float(x), Value::Float(y)) => x == y,
+        (Value::Num(x), Value::Float(y)) | (Value::Float(y), Value::Num(x)) => x as f64 == y,
+        (Value::Str(x), Value::Str(y)) => x == y || heap.string(x) == heap.string(y),
+        (Value::Q(x), Value::Q(y)) | (Value::S(x), Value::S(y)) => {
+            let (mut x, mut y) = (Some(x), Some(y));
+            loop {
+                match (x, y) {
+                    (None, None) => return true,
+                    (Some(cx), Some(cy)) => {
+                        if cx == cy {
+                            return true;
+                        }
+                        let (a, b) = (heap.cons(cx), heap.cons(cy));
+                        if a.len != b.len || !equal_depth(heap, a.head, b.head, depth + 1) {
+                            return false;
+                        }
+                        x = a.tail;
+                        y = b.tail;
+                    }
+                    _ => return false,
+                }
+            }
+        }
+        (Value::Lambda(x), Value::Lambda(y)) => {
+            if x == y {
+                return true;
+            }
+            let (a, b) = (heap.lambda(x), heap.lambda(y));
+            equal_depth(
+                heap,
+                a.proto.formals_value,
+                b.proto.formals_value,
+                depth + 1,
+            ) && equal_depth(heap, a.proto.body_value, b.proto.body_value, depth + 1)
+                && a.bound.len() == b.bound.len()
+                && a.bound
+                    .iter()
+                    .zip(b.bound.iter())
+                    .all(|(p, q)| equal_depth(heap, *p, *q, depth + 1))
+        }
+        _ => a.same(b),
+    }
+}
+
+/// Reads an object kind name for diagnostics.
+pub fn object_kind(obj: &Object) -> &'static str {
+    match obj {
+        Object::Free(_) => "free",
+        Object::Cons(_) => "cons",
+        Object::Str(_) => "string",
+        Object::Lambda(_) => "lambda",
+        Object::Scope(_) => "scope",
+        Object::Error(_) => "error",
+        Object::Ref(_) => "ref",
+    }
+}

@@ -1,0 +1,913 @@
+//! Execution: runs compiled code, makes calls and tail calls, resolves
+//! names (scope chain, globals, then dynamic fallback through the callers'
+//! scopes), raises errors with call traces, and decides when the collector
+//! runs (only at call entry, where every live value is rooted).
+//!
+//! Roots are: the globals, the value stack (call arguments in flight), the
+//! frame stack (scopes of active calls), the protos being run, and the
+//! host's pinned values.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use smallvec::SmallVec;
+
+use crate::compile::{Code, Compiler, Inline, Proto, SpecialForms};
+use crate::error::{ErrorData, Span};
+use crate::heap::{Env, Gc, Heap, Lambda, Object};
+use crate::symbol::{Sym, Symbols};
+use crate::value::{equal, Printer, Value};
+
+/// A builtin's implementation. It receives its arguments and the scope it
+/// was called from, and returns a value or asks the VM to continue with a
+/// tail call or tail evaluation.
+pub type BuiltinFn = fn(&mut Vm, &[Value], Env) -> Result<Flow, Gc>;
+
+/// A builtin with its signature and documentation.
+pub struct Builtin {
+    pub name: &'static str,
+    pub signature: &'static str,
+    pub doc: &'static str,
+    pub func: BuiltinFn,
+}
+
+/// What evaluation in tail position produces.
+pub enum Flow {
+    Value(Value),
+    /// Call the function at `stack[base]` with the values above it.
+    Call {
+        base: usize,
+        env: Env,
+        span: Span,
+        name: Option<Sym>,
+    },
+    /// Run compiled code in `env`.
+    Eval {
+        proto: Rc<Proto>,
+        env: Env,
+    },
+}
+
+/// How `shutdown` and `exit` behave.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mode {
+    Script,
+    Repl,
+}
+
+/// Default limit on nested (non-tail) calls.
+pub const DEFAULT_MAX_DEPTH: usize = 1_000_000;
+
+pub struct Vm {
+    pub heap: Heap,
+    pub syms: Symbols,
+    globals: Vec<Option<Value>>,
+    pub builtins: Vec<Builtin>,
+    builtin_names: Vec<&'static str>,
+    pub forms: SpecialForms,
+    /// Call arguments in flight (a root).
+    pub stack: Vec<Value>,
+    /// Scopes of active calls and `let`s (a root).
+    frames: Vec<Gc>,
+    /// Code being run that no lambda holds (a root).
+    proto_roots: Vec<Rc<Proto>>,
+    /// Values the host keeps alive (a root).
+    pub pinned: Vec<Value>,
+    compile_cache: HashMap<Gc, Rc<Proto>>,
+    depth: usize,
+    pub max_depth: usize,
+    /// Native stack: the address near its base and how much may be used.
+    stack_base: usize,
+    stack_budget: usize,
+    /// Call site of the builtin being run: where its errors are raised.
+    pub span: Span,
+    pub files: Vec<String>,
+    pub interrupt: Arc<AtomicBool>,
+    pub mode: Mode,
+    /// Set by `exit`/`shutdown`: the process should end with this code.
+    pub exit_code: Option<i32>,
+    /// An Error that `try` must not catch (an interrupt or an exit) while
+    /// it unwinds to the top level.
+    uncatchable: Option<Gc>,
+    pub start: Instant,
+}
+
+#[inline(never)]
+fn stack_address() -> usize {
+    let marker = 0u8;
+    std::hint::black_box(&marker) as *const u8 as usize
+}
+
+impl Vm {
+    /// A VM with every builtin bound but no prelude loaded.
+    pub fn bare() -> Vm {
+        let threshold_mb = std::env::var("VALK_GC_THRESHOLD_MB")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(16);
+        let mut vm = Vm {
+            heap: Heap::new(threshold_mb << 20),
+            syms: Symbols::default(),
+            globals: Vec::new(),
+            builtins: Vec::new(),
+            builtin_names: Vec::new(),
+            forms: SpecialForms::default(),
+            stack: Vec::with_capacity(1024),
+            frames: Vec::with_capacity(1024),
+            proto_roots: Vec::new(),
+            pinned: Vec::new(),
+            compile_cache: HashMap::new(),
+            depth: 0,
+            max_depth: DEFAULT_MAX_DEPTH,
+            stack_base: stack_address(),
+            stack_budget: 1 << 20,
+            span: Span::NONE,
+            files: vec!["<unknown>".to_string()],
+            interrupt: Arc::new(AtomicBool::new(false)),
+            mode: Mode::Script,
+            exit_code: None,
+            uncatchable: None,
+            start: Instant::now(),
+        };
+        crate::builtins::register_all(&mut vm);
+        let form = |vm: &mut Vm, name: &str| {
+            let sym = vm.syms.intern(name);
+            let id = vm
+                .builtins
+                .iter()
+                .position(|b| b.name == name)
+                .expect("special form registered") as u32;
+            (sym, id)
+        };
+        vm.forms = SpecialForms {
+            if_: form(&mut vm, "if"),
+            do_: form(&mut vm, "do"),
+            lambda: form(&mut vm, "\\"),
+            def: form(&mut vm, "def"),
+            assign: form(&mut vm, "="),
+            select: form(&mut vm, "select"),
+            case: form(&mut vm, "case"),
+            let_: form(&mut vm, "let"),
+            ampersand: vm.syms.intern("&"),
+        };
+        vm
+    }
+
+    /// Tells the VM how much native stack this thread has, so deep
+    /// recursion becomes an Error before the stack runs out. Call it near
+    /// the base of the thread that will run the VM.
+    pub fn set_native_stack(&mut self, bytes: usize) {
+        self.stack_base = stack_address();
+        // Keep a margin for builtins, printing and error rendering.
+        self.stack_budget = bytes.saturating_sub((bytes / 8).max(256 << 10));
+    }
+
+    #[inline]
+    fn stack_exhausted(&self) -> bool {
+        self.stack_base.saturating_sub(stack_address()) > self.stack_budget
+    }
+
+    /// Restores a usable state after an evaluation was abandoned midway
+    /// (an internal panic caught by the REPL). Definitions are kept.
+    pub fn recover(&mut self) {
+        self.stack.clear();
+        self.frames.clear();
+        self.proto_roots.clear();
+        self.depth = 0;
+        self.uncatchable = None;
+    }
+
+    // ---- registration and globals --------------------------------------
+
+    pub fn define_builtin(
+        &mut self,
+        name: &'static str,
+        signature: &'static str,
+        doc: &'static str,
+        func: BuiltinFn,
+    ) {
+        let id = self.builtins.len() as u32;
+        self.builtins.push(Builtin {
+            name,
+            signature,
+            doc,
+            func,
+        });
+        self.builtin_names.push(name);
+        let sym = self.syms.intern(name);
+        self.set_global(sym, Value::Builtin(id));
+    }
+
+    pub fn set_global(&mut self, sym: Sym, v: Value) {
+        let i = sym.index();
+        if i >= self.globals.len() {
+            self.globals.resize(i + 1, None);
+        }
+        self.globals[i] = Some(v);
+    }
+
+    pub fn global(&self, sym: Sym) -> Option<Value> {
+        self.globals.get(sym.index()).copied().flatten()
+    }
+
+    pub fn global_names(&self) -> Vec<Sym> {
+        (0..self.globals.len())
+            .filter(|&i| self.globals[i].is_some())
+            .map(|i| Sym(i as u32))
+            .collect()
+    }
+
+    pub fn add_file(&mut self, name: &str) -> u32 {
+        self.files.push(name.to_string());
+        (self.files.len() - 1) as u32
+    }
+
+    // ---- printing -----------------------------------------------------
+
+    /// Readable form (`show`, the REPL) or display form (`print`, `str`).
+    pub fn format(&self, v: Value, readable: bool) -> String {
+        let mut p = Printer {
+            heap: &self.heap,
+            syms: &self.syms,
+            builtin_names: &self.builtin_names,
+            out: String::new(),
+            max_len: 256 << 20,
+        };
+        p.write(v, readable);
+        p.out
+    }
+
+    pub fn show(&self, v: Value) -> String {
+        self.format(v, true)
+    }
+
+    // ---- errors -------------------------------------------------------
+
+    /// An Error raised at the current builtin's call site.
+    pub fn error(&mut self, message: impl Into<String>) -> Gc {
+        let span = self.span;
+        self.error_at(message, span)
+    }
+
+    pub fn error_at(&mut self, message: impl Into<String>, span: Span) -> Gc {
+        self.heap
+            .alloc(Object::Error(Box::new(ErrorData::new(message, span))))
+    }
+
+    pub fn render_error(&self, err: Gc) -> String {
+        crate::error::render(&self.files, self.heap.error(err))
+    }
+
+    pub fn error_message(&self, err: Gc) -> String {
+        self.heap.error(err).message.clone()
+    }
+
+    /// Ends the program with `code` once the current evaluation unwinds.
+    pub fn request_exit(&mut self, code: i32) {
+        self.exit_code = Some(code);
+    }
+
+    /// The Error that unwinds the evaluation for an exit.
+    pub fn exit_error(&mut self) -> Gc {
+        let e = self.error("exit");
+        self.uncatchable = Some(e);
+        e
+    }
+
+    pub fn is_uncatchable(&self, e: Gc) -> bool {
+        self.uncatchable == Some(e)
+    }
+
+    /// Called by the top level once an error has been handled.
+    pub fn clear_uncatchable(&mut self) {
+        self.uncatchable = None;
+    }
+
+    fn trace(&mut self, err: Gc, name: Option<Sym>, span: Span) -> Gc {
+        let name = match name {
+            Some(s) => self.syms.name(s).to_string(),
+            None => "<lambda>".to_string(),
+        };
+        self.heap.error_mut(err).push_trace(name, span);
+        err
+    }
+
+    // ---- collection ---------------------------------------------------
+
+    /// Runs the collector now. Only call where every live value is rooted.
+    pub fn collect(&mut self) {
+        let started = Instant::now();
+        for i in 0..self.globals.len() {
+            if let Some(v) = self.globals[i] {
+                self.heap.mark_value(v);
+            }
+        }
+        for i in 0..self.stack.len() {
+            self.heap.mark_value(self.stack[i]);
+        }
+        for i in 0..self.pinned.len() {
+            self.heap.mark_value(self.pinned[i]);
+        }
+        for i in 0..self.frames.len() {
+            self.heap.mark(self.frames[i]);
+        }
+        for p in self.proto_roots.iter() {
+            for v in p.constants.iter() {
+                // Marking through the heap directly: protos are not objects.
+                match *v {
+                    Value::Q(g)
+                    | Value::S(g)
+                    | Value::Str(g)
+                    | Value::Lambda(g)
+                    | Value::Ref(g) => self.heap.mark(g),
+                    _ => {}
+                }
+            }
+        }
+        self.compile_cache.clear();
+        self.heap.finish_collection(started);
+    }
+
+    #[inline]
+    fn safe_point(&mut self) {
+        if self.heap.wants_collection() {
+            self.collect();
+        }
+    }
+
+    // ---- compiling ----------------------------------------------------
+
+    /// Compiles a Q-expression (or any value) to be evaluated as code in a
+    /// scope of unknown layout, caching by list identity.
+    pub fn compile_eval(&mut self, v: Value, span: Span) -> Result<Rc<Proto>, Gc> {
+        let key = v.list_cell();
+        if let Some(g) = key {
+            if let Some(p) = self.compile_cache.get(&g) {
+                return Ok(p.clone());
+            }
+        }
+        let as_sexpr = matches!(v, Value::Q(_) | Value::S(_) | Value::Nil | Value::Unit);
+        let result =
+            Compiler::new(&self.heap, &self.syms, &self.forms).compile_toplevel(v, span, as_sexpr);
+        match result {
+            Ok(p) => {
+                if let Some(g) = key {
+                    self.compile_cache.insert(g, p.clone());
+                }
+                Ok(p)
+            }
+            Err(msg) => Err(self.error_at(msg, span)),
+        }
+    }
+
+    pub fn compile_lambda(&mut self, formals: Value, body: Value) -> Result<Rc<Proto>, Gc> {
+        match Compiler::compile_lambda(&self.heap, &self.syms, &self.forms, formals, body, &[]) {
+            Ok(p) => Ok(p),
+            Err(msg) => Err(self.error(msg)),
+        }
+    }
+
+    pub fn make_lambda(&mut self, proto: Rc<Proto>, env: Env, bound: Vec<Value>) -> Value {
+        Value::Lambda(
+            self.heap
+                .alloc(Object::Lambda(Box::new(Lambda { proto, env, bound }))),
+        )
+    }
+
+    // ---- running ------------------------------------------------------
+
+    /// Evaluates a value as top-level code in `env`.
+    pub fn eval_value(&mut self, v: Value, span: Span, env: Env) -> Result<Value, Gc> {
+        let proto = self.compile_eval(v, span)?;
+        self.run_proto(proto, env)
+    }
+
+    /// Runs compiled code to completion (tail calls included).
+    pub fn run_proto(&mut self, proto: Rc<Proto>, env: Env) -> Result<Value, Gc> {
+        let roots = self.proto_roots.len();
+        self.proto_roots.push(proto.clone());
+        let stack = self.stack.len();
+        let result = match self.exec(&proto.body, env, true) {
+            Ok(flow) => self.finish(flow),
+            Err(e) => Err(e),
+        };
+        self.proto_roots.truncate(roots);
+        self.stack.truncate(stack);
+        result
+    }
+
+    /// Completes a flow produced in tail position.
+    pub fn finish(&mut self, flow: Flow) -> Result<Value, Gc> {
+        match flow {
+            Flow::Value(v) => Ok(v),
+            Flow::Call {
+                base,
+                env,
+                span,
+                name,
+            } => self.apply(base, env, span, name),
+            Flow::Eval { proto, env } => self.run_proto(proto, env),
+        }
+    }
+
+    /// Calls `f` with `args` from a builtin (the one narrow way back into
+    /// the evaluator).
+    pub fn call(&mut self, f: Value, args: &[Value], env: Env) -> Result<Value, Gc> {
+        if !f.is_function() {
+            return Err(self.error(format!("expected a function, got {}", f.type_name())));
+        }
+        let base = self.stack.len();
+        self.stack.push(f);
+        self.stack.extend_from_slice(args);
+        let span = self.span;
+        self.apply(base, env, span, None)
+    }
+
+    #[inline]
+    fn eval(&mut self, code: &Code, env: Env) -> Result<Value, Gc> {
+        match self.exec(code, env, false)? {
+            Flow::Value(v) => Ok(v),
+            other => self.finish(other),
+        }
+    }
+
+    #[inline]
+    fn local(&self, env: Env, slot: u32) -> Value {
+        match env {
+            Some(g) => self
+                .heap
+                .scope(g)
+                .vars
+                .get(slot as usize)
+                .map_or(Value::Unit, |(_, v)| *v),
+            None => Value::Unit,
+        }
+    }
+
+    /// Whether an inlined special form's name still holds its builtin.
+    #[inline]
+    fn intact<T>(&self, node: &Inline<T>) -> bool {
+        matches!(self.globals.get(node.form.index()), Some(Some(Value::Builtin(id))) if *id == node.builtin)
+    }
+
+    fn exec_generic<T>(&mut self, node: &Inline<T>, env: Env, tail: bool) -> Result<Flow, Gc> {
+        let proto = self.compile_eval(node.generic, node.span)?;
+        if tail {
+            Ok(Flow::Eval { proto, env })
+        } else {
+            self.run_proto(proto, env).map(Flow::Value)
+        }
+    }
+
+    /// Executes code. In tail position a call is returned as a `Flow`
+    /// rather than made, so the caller's frame can be reused.
+    pub fn exec(&mut self, code: &Code, env: Env, tail: bool) -> Result<Flow, Gc> {
+        match code {
+            Code::Const(v) => Ok(Flow::Value(*v)),
+            Code::Local(slot) => Ok(Flow::Value(self.local(env, *slot))),
+            Code::Name(sym, span) => self.lookup(*sym, env, *span).map(Flow::Value),
+            Code::Call(call) => {
+                let f = self.eval(&call.head, env)?;
+                if !f.is_function() {
+                    // Not a call: evaluate in order, the result is the last.
+                    let n = call.args.len();
+                    for (i, arg) in call.args.iter().enumerate() {
+                        if i + 1 == n {
+                            return self.exec(arg, env, tail);
+                        }
+                        self.eval(arg, env)?;
+                    }
+                    return Ok(Flow::Value(f));
+                }
+                let base = self.stack.len();
+                self.stack.push(f);
+                for arg in call.args.iter() {
+                    match self.eval(arg, env) {
+                        Ok(v) => self.stack.push(v),
+                        Err(e) => {
+                            self.stack.truncate(base);
+                            return Err(e);
+                        }
+                    }
+                }
+                if tail {
+                    return Ok(Flow::Call {
+                        base,
+                        env,
+                        span: call.span,
+                        name: call.name,
+                    });
+                }
+                self.apply(base, env, call.span, call.name).map(Flow::Value)
+            }
+            Code::If(node) => {
+                if !self.intact(node) {
+                    return self.exec_generic(node, env, tail);
+                }
+                let cond = self.eval(&node.node.cond, env)?;
+                match self.truth(cond, node.span, "if")? {
+                    true => self.exec(&node.node.then, env, tail),
+                    false => match &node.node.otherwise {
+                        Some(code) => self.exec(code, env, tail),
+                        None => Ok(Flow::Value(Value::Nil)),
+                    },
+                }
+            }
+            Code::Do(node) => {
+                if !self.intact(node) {
+                    return self.exec_generic(node, env, tail);
+                }
+                let n = node.node.len();
+                for (i, code) in node.node.iter().enumerate() {
+                    if i + 1 == n {
+                        return self.exec(code, env, tail);
+                    }
+                    self.eval(code, env)?;
+                }
+                Ok(Flow::Value(Value::Unit))
+            }
+            Code::Lambda(node) => {
+                if !self.intact(node) {
+                    return self.exec_generic(node, env, tail);
+                }
+                Ok(Flow::Value(self.make_lambda(
+                    node.node.clone(),
+                    env,
+                    Vec::new(),
+                )))
+            }
+            Code::Def(node) => {
+                if !self.intact(node) {
+                    return self.exec_generic(node, env, tail);
+                }
+                let base = self.stack.len();
+                for code in node.node.values.iter() {
+                    match self.eval(code, env) {
+                        Ok(v) => self.stack.push(v),
+                        Err(e) => {
+                            self.stack.truncate(base);
+                            return Err(e);
+                        }
+                    }
+                }
+                for (i, sym) in node.node.names.iter().enumerate() {
+                    let v = self.stack[base + i];
+                    if node.node.global {
+                        self.set_global(*sym, v);
+                    } else {
+                        self.assign(*sym, v, env);
+                    }
+                }
+                self.stack.truncate(base);
+                Ok(Flow::Value(Value::Unit))
+            }
+            Code::Select(node) => {
+                if !self.intact(node) {
+                    return self.exec_generic(node, env, tail);
+                }
+                for (cond, value) in node.node.iter() {
+                    let c = self.eval(cond, env)?;
+                    if self.truth(c, node.span, "select")? {
+                        return self.exec(value, env, tail);
+                    }
+                }
+                Err(self.error_at("no selection found", node.span))
+            }
+            Code::Case(node) => {
+                if !self.intact(node) {
+                    return self.exec_generic(node, env, tail);
+                }
+                let subject = self.eval(&node.node.subject, env)?;
+                let base = self.stack.len();
+                self.stack.push(subject);
+                for (key, value) in node.node.clauses.iter() {
+                    let k = match self.eval(key, env) {
+                        Ok(k) => k,
+                        Err(e) => {
+                            self.stack.truncate(base);
+                            return Err(e);
+                        }
+                    };
+                    if equal(&self.heap, subject, k) {
+                        self.stack.truncate(base);
+                        return self.exec(value, env, tail);
+                    }
+                }
+                self.stack.truncate(base);
+                Err(self.error_at("no case found", node.span))
+            }
+            Code::Let(node) => {
+                if !self.intact(node) {
+                    return self.exec_generic(node, env, tail);
+                }
+                let scope = self.heap.new_scope(&[], env, None, None, false);
+                self.frames.push(scope);
+                let result = self.exec(&node.node, Some(scope), tail);
+                // A tail flow keeps the scope alive through its env; the
+                // callee's frame links it before any collection can run.
+                self.frames.pop();
+                result
+            }
+        }
+    }
+
+    /// A condition's truth: Numbers only.
+    pub fn truth(&mut self, v: Value, span: Span, what: &str) -> Result<bool, Gc> {
+        match v {
+            Value::Num(n) => Ok(n != 0),
+            other => Err(self.error_at(
+                format!(
+                    "`{}` condition must be a Number, got {}",
+                    what,
+                    other.type_name()
+                ),
+                span,
+            )),
+        }
+    }
+
+    /// Binds in the current scope (`=`): the global scope at top level.
+    pub fn assign(&mut self, sym: Sym, v: Value, env: Env) {
+        match env {
+            None => self.set_global(sym, v),
+            Some(g) => {
+                let scope = self.heap.scope_mut(g);
+                match scope.vars.iter_mut().find(|(k, _)| *k == sym) {
+                    Some(slot) => slot.1 = v,
+                    None => scope.vars.push((sym, v)),
+                }
+            }
+        }
+    }
+
+    // ---- name resolution ---------------------------------------------
+
+    /// Looks a symbol up: scope chain, globals, then the callers' scopes.
+    pub fn lookup(&mut self, sym: Sym, env: Env, span: Span) -> Result<Value, Gc> {
+        if let Some(v) = self.lookup_lexical(sym, env) {
+            return Ok(v);
+        }
+        if let Some(v) = self.lookup_dynamic(sym, env) {
+            return Ok(v);
+        }
+        let name = self.syms.name(sym).to_string();
+        Err(self.error_at(format!("symbol `{}` is not bound", name), span))
+    }
+
+    #[inline]
+    fn lookup_lexical(&self, sym: Sym, env: Env) -> Option<Value> {
+        let mut s = env;
+        while let Some(g) = s {
+            let scope = self.heap.scope(g);
+            for (k, v) in scope.vars.iter() {
+                if *k == sym {
+                    return Some(*v);
+                }
+            }
+            s = scope.parent;
+        }
+        self.global(sym)
+    }
+
+    /// The frame (call-made scope) that `scope` belongs to.
+    fn frame_of(&self, mut scope: Gc) -> Option<Gc> {
+        loop {
+            let s = self.heap.scope(scope);
+            if s.func.is_some() {
+                return Some(scope);
+            }
+            scope = s.parent?;
+        }
+    }
+
+    /// Dynamic fallback: the scopes of the callers, innermost first.
+    fn lookup_dynamic(&self, sym: Sym, env: Env) -> Option<Value> {
+        let mut current = env?;
+        loop {
+            let frame = self.frame_of(current)?;
+            let caller = self.heap.scope(frame).caller?;
+            let mut s = Some(caller);
+            while let Some(g) = s {
+                let scope = self.heap.scope(g);
+                for (k, v) in scope.vars.iter() {
+                    if *k == sym {
+                        return Some(*v);
+                    }
+                }
+                s = scope.parent;
+            }
+            current = caller;
+        }
+    }
+
+    /// The caller link for a tail call of `proto` made from `frame` at
+    /// `env`. If `proto` already runs in the chain of frames this one
+    /// replaced, the new frame takes that frame's place (its bindings are
+    /// shadowed anyway), which keeps tail-recursive loops in constant space.
+    fn tail_caller(&self, frame: Gc, env: Env, proto: &Rc<Proto>) -> (Env, bool) {
+        let mut cur = frame;
+        loop {
+            let s = self.heap.scope(cur);
+            if let Some(f) = &s.func {
+                if Rc::ptr_eq(f, proto) {
+                    return (s.caller, s.tail);
+                }
+            }
+            if !s.tail {
+                break;
+            }
+            match s.caller.and_then(|c| self.frame_of(c)) {
+                Some(c) => cur = c,
+                None => break,
+            }
+        }
+        (env, true)
+    }
+
+    // ---- calls --------------------------------------------------------
+
+    /// Calls `stack[base]` with the arguments above it. Pops them.
+    pub fn apply(
+        &mut self,
+        base: usize,
+        env: Env,
+        span: Span,
+        name: Option<Sym>,
+    ) -> Result<Value, Gc> {
+        if self.depth >= self.max_depth || self.stack_exhausted() {
+            self.stack.truncate(base);
+            let limit = self.max_depth;
+            return Err(self.error_at(format!("stack depth exceeded (limit {})", limit), span));
+        }
+        self.depth += 1;
+        let frames = self.frames.len();
+        let roots = self.proto_roots.len();
+        let result = self.apply_loop(base, env, span, name);
+        self.depth -= 1;
+        self.frames.truncate(frames);
+        self.proto_roots.truncate(roots);
+        if result.is_err() {
+            self.stack.truncate(base);
+        }
+        result
+    }
+
+    fn apply_loop(
+        &mut self,
+        base: usize,
+        mut env: Env,
+        mut span: Span,
+        mut name: Option<Sym>,
+    ) -> Result<Value, Gc> {
+        let mut frame: Option<Gc> = None;
+        let mut eval_root: Option<usize> = None;
+        loop {
+            if self.interrupt.load(Ordering::Relaxed) {
+                self.interrupt.store(false, Ordering::Relaxed);
+                let e = self.error_at("interrupted", span);
+                self.uncatchable = Some(e);
+                return Err(e);
+            }
+            let mut flow = match self.stack[base] {
+                Value::Builtin(id) => {
+                    let args: SmallVec<[Value; 8]> = SmallVec::from_slice(&self.stack[base + 1..]);
+                    self.span = span;
+                    let func = self.builtins[id as usize].func;
+                    let flow = func(self, &args, env)?;
+                    // A tail call's function and arguments sit above this
+                    // call's; they are moved down below.
+                    if !matches!(flow, Flow::Call { .. }) {
+                        self.stack.truncate(base);
+                    }
+                    flow
+                }
+                Value::Lambda(g) => {
+                    let lambda = self.heap.lambda(g);
+                    let proto = lambda.proto.clone();
+                    let lambda_env = lambda.env;
+                    let nbound = lambda.bound.len();
+                    let nargs = self.stack.len() - base - 1;
+                    let total = nbound + nargs;
+                    let nfixed = proto.formals.len();
+                    if total < nfixed {
+                        // Partial application: a new function with these bound.
+                        let mut bound = self.heap.lambda(g).bound.clone();
+                        bound.extend_from_slice(&self.stack[base + 1..]);
+                        self.stack.truncate(base);
+                        let v = self.make_lambda(proto, lambda_env, bound);
+                        if let Some(fr) = frame {
+                            self.heap.scope_mut(fr).caller = None;
+                        }
+                        return Ok(v);
+                    }
+                    if proto.rest.is_none() && total > nfixed {
+                        self.stack.truncate(base);
+                        let e = self.error_at(
+                            format!("expected {} arguments, got {}", nfixed, total),
+                            span,
+                        );
+                        return Err(self.trace(e, name, span));
+                    }
+                    let mut vars: SmallVec<[(Sym, Value); 8]> = SmallVec::new();
+                    {
+                        let bound = &self.heap.lambda(g).bound;
+                        let args = &self.stack[base + 1..];
+                        for (i, sym) in proto.formals.iter().enumerate() {
+                            let v = if i < nbound {
+                                bound[i]
+                            } else {
+                                args[i - nbound]
+                            };
+                            vars.push((*sym, v));
+                        }
+                    }
+                    if let Some(rest) = proto.rest {
+                        let extra: SmallVec<[Value; 8]> = (nfixed..total)
+                            .map(|i| {
+                                if i < nbound {
+                                    self.heap.lambda(g).bound[i]
+                                } else {
+                                    self.stack[base + 1 + i - nbound]
+                                }
+                            })
+                            .collect();
+                        let list = self.heap.qlist(&extra);
+                        vars.push((rest, list));
+                    }
+                    self.stack.truncate(base);
+                    let (caller, is_tail) = match frame {
+                        None => (env, false),
+                        Some(fr) => self.tail_caller(fr, env, &proto),
+                    };
+                    let scope = self.heap.new_scope(
+                        &vars,
+                        lambda_env,
+                        caller,
+                        Some(proto.clone()),
+                        is_tail,
+                    );
+                    match frame {
+                        None => self.frames.push(scope),
+                        Some(_) => {
+                            if let Some(top) = self.frames.last_mut() {
+                                *top = scope;
+                            }
+                        }
+                    }
+                    frame = Some(scope);
+                    self.safe_point();
+                    match self.exec(&proto.body, Some(scope), true) {
+                        Ok(flow) => flow,
+                        Err(e) => return Err(self.trace(e, name, span)),
+                    }
+                }
+                other => {
+                    self.stack.truncate(base);
+                    let what = other.type_name();
+                    return Err(self.error_at(format!("expected a function, got {}", what), span));
+                }
+            };
+            loop {
+                match flow {
+                    Flow::Value(v) => {
+                        if let Some(fr) = frame {
+                            self.heap.scope_mut(fr).caller = None;
+                        }
+                        return Ok(v);
+                    }
+                    Flow::Call {
+                        base: b,
+                        env: e,
+                        span: s,
+                        name: n,
+                    } => {
+                        if b != base {
+                            self.stack.drain(base..b);
+                        }
+                        env = e;
+                        span = s;
+                        name = n;
+                        break;
+                    }
+                    Flow::Eval { proto, env: e } => {
+                        match eval_root {
+                            Some(i) => self.proto_roots[i] = proto.clone(),
+                            None => {
+                                eval_root = Some(self.proto_roots.len());
+                                self.proto_roots.push(proto.clone());
+                            }
+                        }
+                        flow = match self.exec(&proto.body, e, true) {
+                            Ok(f) => f,
+                            Err(err) => return Err(self.trace(err, name, span)),
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
