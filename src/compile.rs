@@ -30,6 +30,43 @@ pub enum Code {
     Select(Box<Inline<Vec<(Code, Code)>>>),
     Case(Box<Inline<CaseNode>>),
     Let(Box<Inline<Code>>),
+    /// A two-argument arithmetic or comparison builtin, done in place when
+    /// both operands are Numbers.
+    Prim(Box<Inline<PrimNode>>),
+}
+
+/// The operators compiled as `Code::Prim`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PrimOp {
+    Add,
+    Sub,
+    Mul,
+    Lt,
+    Gt,
+    Le,
+    Ge,
+    Eq,
+    Ne,
+}
+
+impl PrimOp {
+    pub const ALL: [(PrimOp, &'static str); 9] = [
+        (PrimOp::Add, "+"),
+        (PrimOp::Sub, "-"),
+        (PrimOp::Mul, "*"),
+        (PrimOp::Lt, "<"),
+        (PrimOp::Gt, ">"),
+        (PrimOp::Le, "<="),
+        (PrimOp::Ge, ">="),
+        (PrimOp::Eq, "=="),
+        (PrimOp::Ne, "!="),
+    ];
+}
+
+pub struct PrimNode {
+    pub op: PrimOp,
+    pub left: Code,
+    pub right: Code,
 }
 
 /// A call (or sequence, when the head is not a function).
@@ -99,7 +136,19 @@ pub struct SpecialForms {
     pub select: (Sym, u32),
     pub case: (Sym, u32),
     pub let_: (Sym, u32),
+    pub prims: Vec<(Sym, u32, PrimOp)>,
     pub ampersand: Sym,
+    /// Bit `i` is set when symbol id `i` names a form compiled inline
+    /// (all of them are interned first, so their ids are small).
+    pub inline_mask: u128,
+}
+
+impl SpecialForms {
+    /// Whether a binding of `sym` in some scope would hide an inlined form.
+    #[inline]
+    pub fn is_inlined(&self, sym: Sym) -> bool {
+        sym.0 < 128 && self.inline_mask & (1u128 << sym.0) != 0
+    }
 }
 
 /// Parsed formals of a lambda.
@@ -189,7 +238,9 @@ impl<'a> Compiler<'a> {
         v: Value,
         span: Span,
         as_sexpr: bool,
+        shadowed: &[Sym],
     ) -> Result<Rc<Proto>, String> {
+        self.shadowed = shadowed.to_vec();
         let body = if as_sexpr {
             self.compile_body(v, span)?
         } else {
@@ -484,6 +535,19 @@ impl<'a> Compiler<'a> {
                 generic,
                 span,
             }))));
+        }
+        if args.len() == 2 {
+            if let Some(&(form, builtin, op)) = f.prims.iter().find(|p| p.0 == name) {
+                let left = self.compile_value(args[0].0, args[0].1)?;
+                let right = self.compile_value(args[1].0, args[1].1)?;
+                return Ok(Some(Code::Prim(Box::new(Inline {
+                    form,
+                    builtin,
+                    node: PrimNode { op, left, right },
+                    generic,
+                    span,
+                }))));
+            }
         }
         Ok(None)
     }

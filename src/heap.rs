@@ -59,6 +59,10 @@ pub struct Scope {
     pub func: Option<Rc<Proto>>,
     /// The caller link is a tail-call link (the caller's frame has ended).
     pub tail: bool,
+    /// A lambda or an inner scope refers to this scope, so it may outlive
+    /// its call. An uncaptured frame is freed (or reused) as soon as its
+    /// call ends, without waiting for the collector.
+    pub captured: bool,
 }
 
 /// A host object exposed to Valkyria as a Ref.
@@ -109,6 +113,8 @@ pub struct Heap {
 }
 
 const CONS_BYTES: usize = std::mem::size_of::<Object>();
+/// Freed scope boxes kept for reuse, so calls rarely reach the allocator.
+const SCOPE_POOL_LIMIT: usize = 1 << 20;
 
 impl Heap {
     pub fn new(threshold_bytes: usize) -> Heap {
@@ -350,6 +356,7 @@ impl Heap {
                 b.caller = caller;
                 b.func = func;
                 b.tail = tail;
+                b.captured = false;
                 b
             }
             None => Box::new(Scope {
@@ -358,9 +365,28 @@ impl Heap {
                 caller,
                 func,
                 tail,
+                captured: false,
             }),
         };
         self.alloc(Object::Scope(scope))
+    }
+
+    /// Frees a scope that nothing refers to any more (an uncaptured frame
+    /// whose call has ended). The caller guarantees no handle to it remains.
+    pub fn free_scope(&mut self, g: Gc) {
+        let i = g.index();
+        let old = std::mem::replace(&mut self.objects[i], Object::Free(self.free));
+        let size = Self::object_bytes(&old);
+        self.bytes = self.bytes.saturating_sub(size);
+        self.allocated_since_gc = self.allocated_since_gc.saturating_sub(size);
+        if let Object::Scope(mut b) = old {
+            b.func = None;
+            if self.scope_pool.len() < SCOPE_POOL_LIMIT {
+                self.scope_pool.push(b);
+            }
+        }
+        self.free = Some(g);
+        self.live -= 1;
     }
 
     // ---- collection ---------------------------------------------------
@@ -460,7 +486,7 @@ impl Heap {
             }
             let old = std::mem::replace(&mut self.objects[i], Object::Free(self.free));
             if let Object::Scope(mut b) = old {
-                if self.scope_pool.len() < 1024 {
+                if self.scope_pool.len() < SCOPE_POOL_LIMIT {
                     b.func = None;
                     b.vars.clear();
                     self.scope_pool.push(b);

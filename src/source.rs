@@ -58,7 +58,7 @@ impl Vm {
     /// Compiles and runs one value as code.
     pub fn run_value(&mut self, v: Value) -> Result<Value, Gc> {
         let span = self.span;
-        let proto: Rc<_> = self.compile_eval(v, span)?;
+        let proto: Rc<_> = self.compile_eval(v, span, None)?;
         self.run_proto(proto, None)
     }
 }

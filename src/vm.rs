@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use smallvec::SmallVec;
 
-use crate::compile::{Code, Compiler, Inline, Proto, SpecialForms};
+use crate::compile::{Code, Compiler, Inline, PrimOp, Proto, SpecialForms};
 use crate::error::{ErrorData, Span};
 use crate::heap::{Env, Gc, Heap, Lambda, Object};
 use crate::symbol::{Sym, Symbols};
@@ -49,6 +49,13 @@ pub enum Flow {
         proto: Rc<Proto>,
         env: Env,
     },
+}
+
+/// One call in progress: its current frame, and whether a tail call
+/// replaced the first one.
+struct Activation {
+    frame: Option<Gc>,
+    replaced: bool,
 }
 
 /// How `shutdown` and `exit` behave.
@@ -152,8 +159,23 @@ impl Vm {
             select: form(&mut vm, "select"),
             case: form(&mut vm, "case"),
             let_: form(&mut vm, "let"),
+            prims: Vec::new(),
             ampersand: vm.syms.intern("&"),
+            inline_mask: 0,
         };
+        for (op, name) in PrimOp::ALL {
+            let (sym, id) = form(&mut vm, name);
+            vm.forms.prims.push((sym, id, op));
+        }
+        let f = &vm.forms;
+        let mut inlined = vec![
+            f.if_.0, f.do_.0, f.lambda.0, f.def.0, f.assign.0, f.select.0, f.case.0, f.let_.0,
+        ];
+        inlined.extend(f.prims.iter().map(|p| p.0));
+        for sym in inlined {
+            assert!(sym.0 < 128, "inlined forms are interned first");
+            vm.forms.inline_mask |= 1u128 << sym.0;
+        }
         vm
     }
 
@@ -341,18 +363,19 @@ impl Vm {
 
     // ---- compiling ----------------------------------------------------
 
-    /// Compiles a Q-expression (or any value) to be evaluated as code in a
-    /// scope of unknown layout, caching by list identity.
-    pub fn compile_eval(&mut self, v: Value, span: Span) -> Result<Rc<Proto>, Gc> {
-        let key = v.list_cell();
+    /// Compiles a Q-expression (or any value) to be evaluated as code in
+    /// `env`, a scope of unknown layout, caching by list identity.
+    pub fn compile_eval(&mut self, v: Value, span: Span, env: Env) -> Result<Rc<Proto>, Gc> {
+        let shadowed = self.shadowed_forms(env);
+        let key = v.list_cell().filter(|_| shadowed.is_empty());
         if let Some(g) = key {
             if let Some(p) = self.compile_cache.get(&g) {
                 return Ok(p.clone());
             }
         }
         let as_sexpr = matches!(v, Value::Q(_) | Value::S(_) | Value::Nil | Value::Unit);
-        let result =
-            Compiler::new(&self.heap, &self.syms, &self.forms).compile_toplevel(v, span, as_sexpr);
+        let result = Compiler::new(&self.heap, &self.syms, &self.forms)
+            .compile_toplevel(v, span, as_sexpr, &shadowed);
         match result {
             Ok(p) => {
                 if let Some(g) = key {
@@ -364,14 +387,45 @@ impl Vm {
         }
     }
 
-    pub fn compile_lambda(&mut self, formals: Value, body: Value) -> Result<Rc<Proto>, Gc> {
-        match Compiler::compile_lambda(&self.heap, &self.syms, &self.forms, formals, body, &[]) {
+    /// Inlined forms' names bound in `env`'s scope chain: code compiled to
+    /// run there must not inline them.
+    fn shadowed_forms(&self, env: Env) -> SmallVec<[Sym; 2]> {
+        let mut out = SmallVec::new();
+        let mut s = env;
+        while let Some(g) = s {
+            let scope = self.heap.scope(g);
+            for (k, _) in scope.vars.iter() {
+                if self.forms.is_inlined(*k) && !out.contains(k) {
+                    out.push(*k);
+                }
+            }
+            s = scope.parent;
+        }
+        out
+    }
+
+    pub fn compile_lambda(
+        &mut self,
+        formals: Value,
+        body: Value,
+        env: Env,
+    ) -> Result<Rc<Proto>, Gc> {
+        let shadowed = self.shadowed_forms(env);
+        match Compiler::compile_lambda(
+            &self.heap,
+            &self.syms,
+            &self.forms,
+            formals,
+            body,
+            &shadowed,
+        ) {
             Ok(p) => Ok(p),
             Err(msg) => Err(self.error(msg)),
         }
     }
 
     pub fn make_lambda(&mut self, proto: Rc<Proto>, env: Env, bound: Vec<Value>) -> Value {
+        self.capture(env);
         Value::Lambda(
             self.heap
                 .alloc(Object::Lambda(Box::new(Lambda { proto, env, bound }))),
@@ -382,7 +436,7 @@ impl Vm {
 
     /// Evaluates a value as top-level code in `env`.
     pub fn eval_value(&mut self, v: Value, span: Span, env: Env) -> Result<Value, Gc> {
-        let proto = self.compile_eval(v, span)?;
+        let proto = self.compile_eval(v, span, env)?;
         self.run_proto(proto, env)
     }
 
@@ -429,9 +483,29 @@ impl Vm {
 
     #[inline]
     fn eval(&mut self, code: &Code, env: Env) -> Result<Value, Gc> {
-        match self.exec(code, env, false)? {
-            Flow::Value(v) => Ok(v),
-            other => self.finish(other),
+        // The common nodes are evaluated here directly: a plain value
+        // result is cheaper to return than a `Flow`.
+        match code {
+            Code::Const(v) => Ok(*v),
+            Code::Local(slot) => Ok(self.local(env, *slot)),
+            Code::Name(sym, span) => self.lookup(*sym, env, *span),
+            Code::Prim(node) => self.exec_prim(node, env),
+            Code::Call(call) => self.eval_call(call, env),
+            Code::If(node) if self.intact(node) => {
+                let branch = match self.eval(&node.node.cond, env)? {
+                    Value::Num(0) => match &node.node.otherwise {
+                        Some(code) => code,
+                        None => return Ok(Value::Nil),
+                    },
+                    Value::Num(_) => &node.node.then,
+                    other => return Err(self.condition_error(other, node.span, "if")),
+                };
+                self.eval(branch, env)
+            }
+            _ => match self.exec(code, env, false)? {
+                Flow::Value(v) => Ok(v),
+                other => self.finish(other),
+            },
         }
     }
 
@@ -455,7 +529,7 @@ impl Vm {
     }
 
     fn exec_generic<T>(&mut self, node: &Inline<T>, env: Env, tail: bool) -> Result<Flow, Gc> {
-        let proto = self.compile_eval(node.generic, node.span)?;
+        let proto = self.compile_eval(node.generic, node.span, env)?;
         if tail {
             Ok(Flow::Eval { proto, env })
         } else {
@@ -464,71 +538,53 @@ impl Vm {
     }
 
     /// Executes code. In tail position a call is returned as a `Flow`
-    /// rather than made, so the caller's frame can be reused.
+    /// rather than made, so the caller's frame can be reused. The common
+    /// nodes are handled here; the rest live in `#[inline(never)]` helpers
+    /// so this function's native frame (one per nested call) stays small.
     pub fn exec(&mut self, code: &Code, env: Env, tail: bool) -> Result<Flow, Gc> {
         match code {
             Code::Const(v) => Ok(Flow::Value(*v)),
             Code::Local(slot) => Ok(Flow::Value(self.local(env, *slot))),
             Code::Name(sym, span) => self.lookup(*sym, env, *span).map(Flow::Value),
-            Code::Call(call) => {
-                let f = self.eval(&call.head, env)?;
-                if !f.is_function() {
-                    // Not a call: evaluate in order, the result is the last.
-                    let n = call.args.len();
-                    for (i, arg) in call.args.iter().enumerate() {
-                        if i + 1 == n {
-                            return self.exec(arg, env, tail);
-                        }
-                        self.eval(arg, env)?;
-                    }
-                    return Ok(Flow::Value(f));
-                }
-                let base = self.stack.len();
-                self.stack.push(f);
-                for arg in call.args.iter() {
-                    match self.eval(arg, env) {
-                        Ok(v) => self.stack.push(v),
-                        Err(e) => {
-                            self.stack.truncate(base);
-                            return Err(e);
-                        }
-                    }
-                }
-                if tail {
-                    return Ok(Flow::Call {
-                        base,
-                        env,
-                        span: call.span,
-                        name: call.name,
-                    });
-                }
-                self.apply(base, env, call.span, call.name).map(Flow::Value)
-            }
+            Code::Call(call) => self.exec_call(call, env, tail),
+            Code::Prim(node) => self.exec_prim(node, env).map(Flow::Value),
             Code::If(node) => {
                 if !self.intact(node) {
                     return self.exec_generic(node, env, tail);
                 }
                 let cond = self.eval(&node.node.cond, env)?;
-                match self.truth(cond, node.span, "if")? {
-                    true => self.exec(&node.node.then, env, tail),
-                    false => match &node.node.otherwise {
-                        Some(code) => self.exec(code, env, tail),
-                        None => Ok(Flow::Value(Value::Nil)),
+                let branch = match cond {
+                    Value::Num(0) => match &node.node.otherwise {
+                        Some(code) => code,
+                        None => return Ok(Flow::Value(Value::Nil)),
                     },
-                }
+                    Value::Num(_) => &node.node.then,
+                    other => return Err(self.condition_error(other, node.span, "if")),
+                };
+                self.exec(branch, env, tail)
             }
             Code::Do(node) => {
                 if !self.intact(node) {
                     return self.exec_generic(node, env, tail);
                 }
                 let n = node.node.len();
-                for (i, code) in node.node.iter().enumerate() {
-                    if i + 1 == n {
-                        return self.exec(code, env, tail);
-                    }
+                for code in &node.node[..n - 1] {
                     self.eval(code, env)?;
                 }
-                Ok(Flow::Value(Value::Unit))
+                self.exec(&node.node[n - 1], env, tail)
+            }
+            Code::Select(node) => {
+                if !self.intact(node) {
+                    return self.exec_generic(node, env, tail);
+                }
+                for (cond, value) in node.node.iter() {
+                    match self.eval(cond, env)? {
+                        Value::Num(0) => {}
+                        Value::Num(_) => return self.exec(value, env, tail),
+                        other => return Err(self.condition_error(other, node.span, "select")),
+                    }
+                }
+                Err(self.error_at("no selection found", node.span))
             }
             Code::Lambda(node) => {
                 if !self.intact(node) {
@@ -540,79 +596,272 @@ impl Vm {
                     Vec::new(),
                 )))
             }
-            Code::Def(node) => {
-                if !self.intact(node) {
-                    return self.exec_generic(node, env, tail);
+            Code::Def(node) => self.exec_def(node, env, tail),
+            Code::Case(node) => self.exec_case(node, env, tail),
+            Code::Let(node) => self.exec_let(node, env, tail),
+        }
+    }
+
+    /// Evaluates a call's head and arguments onto the stack. `Err(Ok(v))`
+    /// means the head was not a function and the S-expression was run as a
+    /// sequence with value `v` (only when not in tail position).
+    #[inline]
+    fn push_call(
+        &mut self,
+        call: &crate::compile::Call,
+        env: Env,
+    ) -> Result<Result<usize, Value>, Gc> {
+        let f = self.eval(&call.head, env)?;
+        if !f.is_function() {
+            return match self.exec_sequence(f, call, env, false)? {
+                Flow::Value(v) => Ok(Err(v)),
+                other => self.finish(other).map(Err),
+            };
+        }
+        let base = self.stack.len();
+        self.stack.push(f);
+        for arg in call.args.iter() {
+            match self.eval(arg, env) {
+                Ok(v) => self.stack.push(v),
+                Err(e) => {
+                    self.stack.truncate(base);
+                    return Err(e);
                 }
-                let base = self.stack.len();
-                for code in node.node.values.iter() {
-                    match self.eval(code, env) {
-                        Ok(v) => self.stack.push(v),
-                        Err(e) => {
-                            self.stack.truncate(base);
-                            return Err(e);
-                        }
-                    }
-                }
-                for (i, sym) in node.node.names.iter().enumerate() {
-                    let v = self.stack[base + i];
-                    if node.node.global {
-                        self.set_global(*sym, v);
-                    } else {
-                        self.assign(*sym, v, env);
-                    }
-                }
-                self.stack.truncate(base);
-                Ok(Flow::Value(Value::Unit))
-            }
-            Code::Select(node) => {
-                if !self.intact(node) {
-                    return self.exec_generic(node, env, tail);
-                }
-                for (cond, value) in node.node.iter() {
-                    let c = self.eval(cond, env)?;
-                    if self.truth(c, node.span, "select")? {
-                        return self.exec(value, env, tail);
-                    }
-                }
-                Err(self.error_at("no selection found", node.span))
-            }
-            Code::Case(node) => {
-                if !self.intact(node) {
-                    return self.exec_generic(node, env, tail);
-                }
-                let subject = self.eval(&node.node.subject, env)?;
-                let base = self.stack.len();
-                self.stack.push(subject);
-                for (key, value) in node.node.clauses.iter() {
-                    let k = match self.eval(key, env) {
-                        Ok(k) => k,
-                        Err(e) => {
-                            self.stack.truncate(base);
-                            return Err(e);
-                        }
-                    };
-                    if equal(&self.heap, subject, k) {
-                        self.stack.truncate(base);
-                        return self.exec(value, env, tail);
-                    }
-                }
-                self.stack.truncate(base);
-                Err(self.error_at("no case found", node.span))
-            }
-            Code::Let(node) => {
-                if !self.intact(node) {
-                    return self.exec_generic(node, env, tail);
-                }
-                let scope = self.heap.new_scope(&[], env, None, None, false);
-                self.frames.push(scope);
-                let result = self.exec(&node.node, Some(scope), tail);
-                // A tail flow keeps the scope alive through its env; the
-                // callee's frame links it before any collection can run.
-                self.frames.pop();
-                result
             }
         }
+        Ok(Ok(base))
+    }
+
+    #[inline]
+    fn exec_call(&mut self, call: &crate::compile::Call, env: Env, tail: bool) -> Result<Flow, Gc> {
+        if !tail {
+            return self.eval_call(call, env).map(Flow::Value);
+        }
+        let f = self.eval(&call.head, env)?;
+        if !f.is_function() {
+            return self.exec_sequence(f, call, env, tail);
+        }
+        let base = self.stack.len();
+        self.stack.push(f);
+        for arg in call.args.iter() {
+            match self.eval(arg, env) {
+                Ok(v) => self.stack.push(v),
+                Err(e) => {
+                    self.stack.truncate(base);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Flow::Call {
+            base,
+            env,
+            span: call.span,
+            name: call.name,
+        })
+    }
+
+    /// A call not in tail position: made now, its value returned.
+    #[inline]
+    fn eval_call(&mut self, call: &crate::compile::Call, env: Env) -> Result<Value, Gc> {
+        let base = match self.push_call(call, env)? {
+            Ok(base) => base,
+            Err(v) => return Ok(v),
+        };
+        let f = self.stack[base];
+        if let Value::Builtin(id) = f {
+            // Builtins need no frame: call directly.
+            let args: SmallVec<[Value; 4]> = SmallVec::from_slice(&self.stack[base + 1..]);
+            self.span = call.span;
+            let func = self.builtins[id as usize].func;
+            let result = func(self, &args, env);
+            return match result {
+                Ok(Flow::Value(v)) => {
+                    self.stack.truncate(base);
+                    Ok(v)
+                }
+                Ok(flow) => {
+                    let v = self.finish(flow);
+                    self.stack.truncate(base);
+                    v
+                }
+                Err(e) => {
+                    self.stack.truncate(base);
+                    Err(e)
+                }
+            };
+        }
+        self.apply(base, env, call.span, call.name)
+    }
+
+    /// An S-expression whose head is not a function: its elements are
+    /// evaluated in order and the last is the result.
+    #[inline(never)]
+    fn exec_sequence(
+        &mut self,
+        head: Value,
+        call: &crate::compile::Call,
+        env: Env,
+        tail: bool,
+    ) -> Result<Flow, Gc> {
+        let n = call.args.len();
+        for (i, arg) in call.args.iter().enumerate() {
+            if i + 1 == n {
+                return self.exec(arg, env, tail);
+            }
+            self.eval(arg, env)?;
+        }
+        Ok(Flow::Value(head))
+    }
+
+    /// `(op a b)` for an arithmetic or comparison builtin: done in place
+    /// for two Numbers, otherwise by calling whatever `op` is bound to.
+    #[inline]
+    fn exec_prim(
+        &mut self,
+        node: &Inline<crate::compile::PrimNode>,
+        env: Env,
+    ) -> Result<Value, Gc> {
+        let left = self.eval(&node.node.left, env)?;
+        let right = match &node.node.right {
+            Code::Const(v) => *v,
+            Code::Local(slot) => self.local(env, *slot),
+            other => {
+                // Keep the left operand rooted while the right one runs.
+                self.stack.push(left);
+                let r = self.eval(other, env);
+                self.stack.pop();
+                r?
+            }
+        };
+        if self.intact(node) {
+            if let (Value::Num(a), Value::Num(b)) = (left, right) {
+                let result = match node.node.op {
+                    PrimOp::Add => a.checked_add(b).map(Value::Num),
+                    PrimOp::Sub => a.checked_sub(b).map(Value::Num),
+                    PrimOp::Mul => a.checked_mul(b).map(Value::Num),
+                    PrimOp::Lt => Some(Value::bool(a < b)),
+                    PrimOp::Gt => Some(Value::bool(a > b)),
+                    PrimOp::Le => Some(Value::bool(a <= b)),
+                    PrimOp::Ge => Some(Value::bool(a >= b)),
+                    PrimOp::Eq => Some(Value::bool(a == b)),
+                    PrimOp::Ne => Some(Value::bool(a != b)),
+                };
+                if let Some(v) = result {
+                    return Ok(v);
+                }
+            }
+        }
+        self.prim_slow(node, env, left, right)
+    }
+
+    #[inline(never)]
+    fn prim_slow(
+        &mut self,
+        node: &Inline<crate::compile::PrimNode>,
+        env: Env,
+        left: Value,
+        right: Value,
+    ) -> Result<Value, Gc> {
+        let f = self.lookup(node.form, env, node.span)?;
+        let base = self.stack.len();
+        self.stack.extend_from_slice(&[f, left, right]);
+        let name = Some(node.form);
+        if let Value::Builtin(_) | Value::Lambda(_) = f {
+            self.apply(base, env, node.span, name)
+        } else {
+            // Not a function any more: a sequence, whose value is the last.
+            self.stack.truncate(base);
+            Ok(right)
+        }
+    }
+
+    #[inline(never)]
+    fn exec_def(
+        &mut self,
+        node: &Inline<crate::compile::DefNode>,
+        env: Env,
+        tail: bool,
+    ) -> Result<Flow, Gc> {
+        if !self.intact(node) {
+            return self.exec_generic(node, env, tail);
+        }
+        let base = self.stack.len();
+        for code in node.node.values.iter() {
+            match self.eval(code, env) {
+                Ok(v) => self.stack.push(v),
+                Err(e) => {
+                    self.stack.truncate(base);
+                    return Err(e);
+                }
+            }
+        }
+        for (i, sym) in node.node.names.iter().enumerate() {
+            let v = self.stack[base + i];
+            if node.node.global {
+                self.set_global(*sym, v);
+            } else {
+                self.assign(*sym, v, env);
+            }
+        }
+        self.stack.truncate(base);
+        Ok(Flow::Value(Value::Unit))
+    }
+
+    #[inline(never)]
+    fn exec_case(
+        &mut self,
+        node: &Inline<crate::compile::CaseNode>,
+        env: Env,
+        tail: bool,
+    ) -> Result<Flow, Gc> {
+        if !self.intact(node) {
+            return self.exec_generic(node, env, tail);
+        }
+        let subject = self.eval(&node.node.subject, env)?;
+        let base = self.stack.len();
+        self.stack.push(subject);
+        for (key, value) in node.node.clauses.iter() {
+            let k = match self.eval(key, env) {
+                Ok(k) => k,
+                Err(e) => {
+                    self.stack.truncate(base);
+                    return Err(e);
+                }
+            };
+            if equal(&self.heap, subject, k) {
+                self.stack.truncate(base);
+                return self.exec(value, env, tail);
+            }
+        }
+        self.stack.truncate(base);
+        Err(self.error_at("no case found", node.span))
+    }
+
+    #[inline(never)]
+    fn exec_let(&mut self, node: &Inline<Code>, env: Env, tail: bool) -> Result<Flow, Gc> {
+        if !self.intact(node) {
+            return self.exec_generic(node, env, tail);
+        }
+        self.capture(env);
+        let scope = self.heap.new_scope(&[], env, None, None, false);
+        self.frames.push(scope);
+        let result = self.exec(&node.node, Some(scope), tail);
+        // A tail flow keeps the scope alive through its env; the callee's
+        // frame links it before any collection can run.
+        self.frames.pop();
+        result
+    }
+
+    #[inline(never)]
+    fn condition_error(&mut self, v: Value, span: Span, what: &str) -> Gc {
+        self.error_at(
+            format!(
+                "`{}` condition must be a Number, got {}",
+                what,
+                v.type_name()
+            ),
+            span,
+        )
     }
 
     /// A condition's truth: Numbers only.
@@ -759,11 +1008,68 @@ impl Vm {
     fn apply_loop(
         &mut self,
         base: usize,
+        env: Env,
+        span: Span,
+        name: Option<Sym>,
+    ) -> Result<Value, Gc> {
+        let mut activation = Activation {
+            frame: None,
+            replaced: false,
+        };
+        let result = self.run_activation(&mut activation, base, env, span, name);
+        self.end_activation(activation);
+        result
+    }
+
+    /// Ends a call: clears the caller links of its frames (they are only
+    /// for dynamic lookups while it runs) and frees its frame at once if
+    /// nothing captured it and no tail call replaced it.
+    fn end_activation(&mut self, activation: Activation) {
+        let Some(frame) = activation.frame else {
+            return;
+        };
+        let mut current = Some(frame);
+        while let Some(g) = current {
+            let scope = self.heap.scope_mut(g);
+            let next = if scope.tail { scope.caller } else { None };
+            scope.caller = None;
+            current = next.and_then(|c| self.frame_of(c));
+        }
+        if !activation.replaced && !self.heap.scope(frame).captured {
+            self.heap.free_scope(frame);
+        }
+    }
+
+    /// Whether a tail call of `proto` can reuse `frame` in place: it is a
+    /// frame of the same function and nothing captured it.
+    #[inline]
+    fn reusable(&self, frame: Gc, proto: &Rc<Proto>) -> bool {
+        let scope = self.heap.scope(frame);
+        !scope.captured && scope.func.as_ref().is_some_and(|f| Rc::ptr_eq(f, proto))
+    }
+
+    /// Marks `env` and its parents as captured (referred to by a lambda or
+    /// an inner scope), so their frames are left to the collector.
+    pub fn capture(&mut self, env: Env) {
+        let mut s = env;
+        while let Some(g) = s {
+            let scope = self.heap.scope_mut(g);
+            if scope.captured {
+                break;
+            }
+            scope.captured = true;
+            s = scope.parent;
+        }
+    }
+
+    fn run_activation(
+        &mut self,
+        activation: &mut Activation,
+        base: usize,
         mut env: Env,
         mut span: Span,
         mut name: Option<Sym>,
     ) -> Result<Value, Gc> {
-        let mut frame: Option<Gc> = None;
         let mut eval_root: Option<usize> = None;
         loop {
             if self.interrupt.load(Ordering::Relaxed) {
@@ -798,11 +1104,7 @@ impl Vm {
                         let mut bound = self.heap.lambda(g).bound.clone();
                         bound.extend_from_slice(&self.stack[base + 1..]);
                         self.stack.truncate(base);
-                        let v = self.make_lambda(proto, lambda_env, bound);
-                        if let Some(fr) = frame {
-                            self.heap.scope_mut(fr).caller = None;
-                        }
-                        return Ok(v);
+                        return Ok(self.make_lambda(proto, lambda_env, bound));
                     }
                     if proto.rest.is_none() && total > nfixed {
                         self.stack.truncate(base);
@@ -839,26 +1141,43 @@ impl Vm {
                         vars.push((rest, list));
                     }
                     self.stack.truncate(base);
-                    let (caller, is_tail) = match frame {
-                        None => (env, false),
-                        Some(fr) => self.tail_caller(fr, env, &proto),
-                    };
-                    let scope = self.heap.new_scope(
-                        &vars,
-                        lambda_env,
-                        caller,
-                        Some(proto.clone()),
-                        is_tail,
-                    );
-                    match frame {
-                        None => self.frames.push(scope),
-                        Some(_) => {
-                            if let Some(top) = self.frames.last_mut() {
-                                *top = scope;
-                            }
+                    let scope = match activation.frame {
+                        Some(fr) if self.reusable(fr, &proto) => {
+                            // A self tail call: the frame's bindings are
+                            // dead, so it is reused in place.
+                            let s = self.heap.scope_mut(fr);
+                            s.vars.clear();
+                            s.vars.extend_from_slice(&vars);
+                            s.parent = lambda_env;
+                            fr
                         }
-                    }
-                    frame = Some(scope);
+                        _ => {
+                            let (caller, is_tail) = match activation.frame {
+                                None => (env, false),
+                                Some(fr) => {
+                                    activation.replaced = true;
+                                    self.tail_caller(fr, env, &proto)
+                                }
+                            };
+                            let scope = self.heap.new_scope(
+                                &vars,
+                                lambda_env,
+                                caller,
+                                Some(proto.clone()),
+                                is_tail,
+                            );
+                            match activation.frame {
+                                None => self.frames.push(scope),
+                                Some(_) => {
+                                    if let Some(top) = self.frames.last_mut() {
+                                        *top = scope;
+                                    }
+                                }
+                            }
+                            scope
+                        }
+                    };
+                    activation.frame = Some(scope);
                     self.safe_point();
                     match self.exec(&proto.body, Some(scope), true) {
                         Ok(flow) => flow,
@@ -873,12 +1192,7 @@ impl Vm {
             };
             loop {
                 match flow {
-                    Flow::Value(v) => {
-                        if let Some(fr) = frame {
-                            self.heap.scope_mut(fr).caller = None;
-                        }
-                        return Ok(v);
-                    }
+                    Flow::Value(v) => return Ok(v),
                     Flow::Call {
                         base: b,
                         env: e,

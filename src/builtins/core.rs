@@ -83,7 +83,7 @@ builtin!(
         arity(vm, "\\", args, 2, 2)?;
         let formals = qexpr(vm, "\\", args[0])?;
         let body = qexpr(vm, "\\", args[1])?;
-        let proto = vm.compile_lambda(formals, body)?;
+        let proto = vm.compile_lambda(formals, body, env)?;
         ret(vm.make_lambda(proto, env, Vec::new()))
     }
 );
@@ -103,7 +103,7 @@ builtin!(FUN, "fun", "(fun {name formals…} {body})", "Defines a global functio
         Some(t) => Value::Q(t),
         None => Value::Nil,
     };
-    let proto = vm.compile_lambda(formals, body)?;
+    let proto = vm.compile_lambda(formals, body, env)?;
     let f = vm.make_lambda(proto, env, Vec::new());
     vm.set_global(name, f);
     ret(Value::Unit)
@@ -224,7 +224,7 @@ builtin!(
             return Err(type_error(vm, "try", "a handler function", handler));
         }
         let span = vm.span;
-        let proto = vm.compile_eval(body, span)?;
+        let proto = vm.compile_eval(body, span, env)?;
         let base = vm.stack.len();
         match vm.run_proto(proto, env) {
             Ok(v) => ret(v),

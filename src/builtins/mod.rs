@@ -135,7 +135,7 @@ pub fn eval_element(vm: &mut Vm, v: Value, env: Env) -> Result<Flow, Gc> {
     match v {
         Value::Sym(_) | Value::S(_) => {
             let span = vm.span;
-            let proto = vm.compile_eval(v, span)?;
+            let proto = vm.compile_eval(v, span, env)?;
             Ok(Flow::Eval { proto, env })
         }
         other => Ok(Flow::Value(other)),
@@ -145,6 +145,6 @@ pub fn eval_element(vm: &mut Vm, v: Value, env: Env) -> Result<Flow, Gc> {
 /// Evaluates a Q-expression as code in `env`, returning a tail flow.
 pub fn eval_qexpr(vm: &mut Vm, q: Value, env: Env) -> Result<Flow, Gc> {
     let span = vm.span;
-    let proto = vm.compile_eval(q, span)?;
+    let proto = vm.compile_eval(q, span, env)?;
     Ok(Flow::Eval { proto, env })
 }
