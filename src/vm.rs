@@ -367,6 +367,15 @@ impl Vm {
     /// `env`, a scope of unknown layout, caching by list identity.
     pub fn compile_eval(&mut self, v: Value, span: Span, env: Env) -> Result<Rc<Proto>, Gc> {
         let shadowed = self.shadowed_forms(env);
+        self.compile_eval_shadowed(v, span, shadowed)
+    }
+
+    fn compile_eval_shadowed(
+        &mut self,
+        v: Value,
+        span: Span,
+        shadowed: SmallVec<[Sym; 2]>,
+    ) -> Result<Rc<Proto>, Gc> {
         let key = v.list_cell().filter(|_| shadowed.is_empty());
         if let Some(g) = key {
             if let Some(p) = self.compile_cache.get(&g) {
@@ -436,7 +445,18 @@ impl Vm {
 
     /// Evaluates a value as top-level code in `env`.
     pub fn eval_value(&mut self, v: Value, span: Span, env: Env) -> Result<Value, Gc> {
-        let proto = self.compile_eval(v, span, env)?;
+        // A form read from source: a Q-expression here is data, not code.
+        let shadowed = self.shadowed_forms(env);
+        let compiled = Compiler::new(&self.heap, &self.syms, &self.forms).compile_toplevel(
+            v,
+            span,
+            matches!(v, Value::S(_) | Value::Unit),
+            &shadowed,
+        );
+        let proto = match compiled {
+            Ok(p) => p,
+            Err(msg) => return Err(self.error_at(msg, span)),
+        };
         self.run_proto(proto, env)
     }
 
@@ -529,7 +549,10 @@ impl Vm {
     }
 
     fn exec_generic<T>(&mut self, node: &Inline<T>, env: Env, tail: bool) -> Result<Flow, Gc> {
-        let proto = self.compile_eval(node.generic, node.span, env)?;
+        // The form's name is rebound: compile it as an ordinary call.
+        let mut shadowed = self.shadowed_forms(env);
+        shadowed.push(node.form);
+        let proto = self.compile_eval_shadowed(node.generic, node.span, shadowed)?;
         if tail {
             Ok(Flow::Eval { proto, env })
         } else {
