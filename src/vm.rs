@@ -65,6 +65,9 @@ pub enum Mode {
     Repl,
 }
 
+/// Longest text a value may print as (`print`, `show`, `str`).
+pub const PRINT_LIMIT: usize = 256 << 20;
+
 /// Default limit on nested (non-tail) calls.
 pub const DEFAULT_MAX_DEPTH: usize = 1_000_000;
 
@@ -86,6 +89,8 @@ pub struct Vm {
     compile_cache: HashMap<Gc, Rc<Proto>>,
     depth: usize,
     pub max_depth: usize,
+    /// `VALK_MAX_HEAP_MB`: live heap beyond this is an Error.
+    pub max_heap: Option<usize>,
     /// Native stack: the address near its base and how much may be used.
     stack_base: usize,
     stack_budget: usize,
@@ -130,6 +135,11 @@ impl Vm {
             compile_cache: HashMap::new(),
             depth: 0,
             max_depth: DEFAULT_MAX_DEPTH,
+            max_heap: std::env::var("VALK_MAX_HEAP_MB")
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .filter(|&n| n > 0)
+                .map(|n| n << 20),
             stack_base: stack_address(),
             stack_budget: 1 << 20,
             span: Span::NONE,
@@ -257,7 +267,7 @@ impl Vm {
             syms: &self.syms,
             builtin_names: &self.builtin_names,
             out: String::new(),
-            max_len: 256 << 20,
+            max_len: PRINT_LIMIT,
         };
         p.write(v, readable);
         p.out
@@ -265,6 +275,19 @@ impl Vm {
 
     pub fn show(&self, v: Value) -> String {
         self.format(v, true)
+    }
+
+    /// Like `format`, but a value whose text would pass `PRINT_LIMIT` is
+    /// an Error rather than a truncated string.
+    pub fn format_checked(&mut self, v: Value, readable: bool) -> Result<String, Gc> {
+        let text = self.format(v, readable);
+        if text.len() > PRINT_LIMIT {
+            return Err(self.error(format!(
+                "value too large to print (over {} MB of text)",
+                PRINT_LIMIT >> 20
+            )));
+        }
+        Ok(text)
     }
 
     // ---- errors -------------------------------------------------------
@@ -355,10 +378,39 @@ impl Vm {
     }
 
     #[inline]
-    fn safe_point(&mut self) {
+    fn safe_point(&mut self) -> Result<(), Gc> {
         if self.heap.wants_collection() {
             self.collect();
+            if let Some(limit) = self.max_heap {
+                if self.heap.live_bytes() > limit {
+                    return Err(self.out_of_memory());
+                }
+            }
         }
+        Ok(())
+    }
+
+    /// Checks that `bytes` more may be allocated under `VALK_MAX_HEAP_MB`,
+    /// collecting first if needed. Builtins that build large values call it
+    /// before they start.
+    pub fn reserve(&mut self, bytes: usize) -> Result<(), Gc> {
+        let Some(limit) = self.max_heap else {
+            return Ok(());
+        };
+        if self.heap.live_bytes().saturating_add(bytes) <= limit {
+            return Ok(());
+        }
+        self.collect();
+        if self.heap.live_bytes().saturating_add(bytes) <= limit {
+            return Ok(());
+        }
+        Err(self.out_of_memory())
+    }
+
+    #[inline(never)]
+    fn out_of_memory(&mut self) -> Gc {
+        let mb = self.max_heap.unwrap_or(0) >> 20;
+        self.error(format!("out of memory (limit {} MB)", mb))
     }
 
     // ---- compiling ----------------------------------------------------
@@ -1201,7 +1253,9 @@ impl Vm {
                         }
                     };
                     activation.frame = Some(scope);
-                    self.safe_point();
+                    if let Err(e) = self.safe_point() {
+                        return Err(self.trace(e, name, span));
+                    }
                     match self.exec(&proto.body, Some(scope), true) {
                         Ok(flow) => flow,
                         Err(e) => return Err(self.trace(e, name, span)),

@@ -27,7 +27,7 @@ builtin!(
             if i > 0 {
                 line.push(' ');
             }
-            line.push_str(&vm.format(a, false));
+            line.push_str(&vm.format_checked(a, false)?);
         }
         line.push('\n');
         write_stdout(&line);

