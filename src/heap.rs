@@ -109,10 +109,16 @@ pub struct Heap {
     gray: Vec<Gc>,
     #[allow(clippy::vec_box)] // boxes are moved in and out of heap objects whole
     scope_pool: Vec<Box<Scope>>,
+    /// Scope objects freed by `free_scope`, still in place in the table and
+    /// ready to be reinitialised by `take_scope` (no allocation, no drop).
+    /// The collector returns them to the ordinary free list.
+    free_scopes: Vec<Gc>,
     pub stats: GcStats,
 }
 
 const CONS_BYTES: usize = std::mem::size_of::<Object>();
+/// Heap bytes a scope accounts for.
+const SCOPE_BYTES: usize = std::mem::size_of::<Object>() + std::mem::size_of::<Scope>();
 /// Freed scope boxes kept for reuse, so calls rarely reach the allocator.
 const SCOPE_POOL_LIMIT: usize = 1 << 20;
 
@@ -129,6 +135,7 @@ impl Heap {
             next_collection: threshold_bytes,
             gray: Vec::new(),
             scope_pool: Vec::new(),
+            free_scopes: Vec::new(),
             stats: GcStats::default(),
         }
     }
@@ -139,7 +146,7 @@ impl Heap {
                 Object::Str(s) => s.len(),
                 Object::Lambda(l) => std::mem::size_of::<Lambda>() + l.bound.len() * 16,
                 Object::Scope(s) => {
-                    std::mem::size_of::<Scope>()
+                    SCOPE_BYTES
                         + if s.vars.spilled() {
                             s.vars.len() * 24
                         } else {
@@ -371,22 +378,46 @@ impl Heap {
         self.alloc(Object::Scope(scope))
     }
 
+    /// A frame scope with no bindings yet, reusing a freed one in place
+    /// when there is one.
+    #[inline]
+    pub fn take_scope(
+        &mut self,
+        parent: Env,
+        caller: Env,
+        func: Option<Rc<Proto>>,
+        tail: bool,
+    ) -> Gc {
+        if let Some(g) = self.free_scopes.pop() {
+            self.live += 1;
+            self.bytes += SCOPE_BYTES;
+            self.allocated_since_gc += SCOPE_BYTES;
+            let scope = self.scope_mut(g);
+            scope.vars.clear();
+            scope.parent = parent;
+            scope.caller = caller;
+            scope.func = func;
+            scope.tail = tail;
+            scope.captured = false;
+            return g;
+        }
+        self.new_scope(&[], parent, caller, func, tail)
+    }
+
     /// Frees a scope that nothing refers to any more (an uncaptured frame
     /// whose call has ended). The caller guarantees no handle to it remains.
+    #[inline]
     pub fn free_scope(&mut self, g: Gc) {
-        let i = g.index();
-        let old = std::mem::replace(&mut self.objects[i], Object::Free(self.free));
-        let size = Self::object_bytes(&old);
-        self.bytes = self.bytes.saturating_sub(size);
-        self.allocated_since_gc = self.allocated_since_gc.saturating_sub(size);
-        if let Object::Scope(mut b) = old {
-            b.func = None;
-            if self.scope_pool.len() < SCOPE_POOL_LIMIT {
-                self.scope_pool.push(b);
-            }
+        let scope = self.scope_mut(g);
+        scope.func = None;
+        let spilled = scope.vars.spilled();
+        if spilled {
+            scope.vars = SmallVec::new();
         }
-        self.free = Some(g);
+        self.free_scopes.push(g);
         self.live -= 1;
+        self.bytes = self.bytes.saturating_sub(SCOPE_BYTES);
+        self.allocated_since_gc = self.allocated_since_gc.saturating_sub(SCOPE_BYTES);
     }
 
     // ---- collection ---------------------------------------------------
@@ -473,6 +504,11 @@ impl Heap {
     /// and records statistics. `started` is when root marking began.
     pub fn finish_collection(&mut self, started: Instant) -> usize {
         self.trace_gray();
+        // Scopes waiting in `free_scopes` are unmarked: the sweep below
+        // returns them to the ordinary free list. Their count was already
+        // taken off `live`, so it is added back before the sweep subtracts.
+        self.live += self.free_scopes.len();
+        self.free_scopes.clear();
         let mut freed = 0usize;
         let mut bytes = 0usize;
         for i in 0..self.objects.len() {

@@ -89,6 +89,8 @@ pub struct Vm {
     compile_cache: HashMap<Gc, Rc<Proto>>,
     depth: usize,
     pub max_depth: usize,
+    /// Bit `i`: the inlined form named by symbol `i` still holds its builtin.
+    intact_forms: u128,
     /// `VALK_MAX_HEAP_MB`: live heap beyond this is an Error.
     pub max_heap: Option<usize>,
     /// Native stack: the address near its base and how much may be used.
@@ -107,7 +109,7 @@ pub struct Vm {
     pub start: Instant,
 }
 
-#[inline(never)]
+#[inline(always)]
 fn stack_address() -> usize {
     let marker = 0u8;
     std::hint::black_box(&marker) as *const u8 as usize
@@ -135,6 +137,7 @@ impl Vm {
             compile_cache: HashMap::new(),
             depth: 0,
             max_depth: DEFAULT_MAX_DEPTH,
+            intact_forms: 0,
             max_heap: std::env::var("VALK_MAX_HEAP_MB")
                 .ok()
                 .and_then(|s| s.trim().parse::<usize>().ok())
@@ -182,9 +185,12 @@ impl Vm {
             f.if_.0, f.do_.0, f.lambda.0, f.def.0, f.assign.0, f.select.0, f.case.0, f.let_.0,
         ];
         inlined.extend(f.prims.iter().map(|p| p.0));
-        for sym in inlined {
+        for sym in inlined.iter().copied() {
             assert!(sym.0 < 128, "inlined forms are interned first");
             vm.forms.inline_mask |= 1u128 << sym.0;
+        }
+        for sym in inlined {
+            vm.update_intact(sym);
         }
         vm
     }
@@ -240,6 +246,9 @@ impl Vm {
             self.globals.resize(i + 1, None);
         }
         self.globals[i] = Some(v);
+        if sym.0 < 128 {
+            self.update_intact(sym);
+        }
     }
 
     pub fn global(&self, sym: Sym) -> Option<Value> {
@@ -597,7 +606,25 @@ impl Vm {
     /// Whether an inlined special form's name still holds its builtin.
     #[inline]
     fn intact<T>(&self, node: &Inline<T>) -> bool {
-        matches!(self.globals.get(node.form.index()), Some(Some(Value::Builtin(id))) if *id == node.builtin)
+        self.intact_forms & (1u128 << (node.form.0 & 127)) != 0
+    }
+
+    /// Recomputes whether an inlined form's name still holds its builtin.
+    fn update_intact(&mut self, sym: Sym) {
+        if !self.forms.is_inlined(sym) {
+            return;
+        }
+        let name = self.syms.name(sym);
+        let original = self.builtins.iter().position(|b| b.name == name);
+        let holds = match (self.global(sym), original) {
+            (Some(Value::Builtin(id)), Some(o)) => id as usize == o,
+            _ => false,
+        };
+        if holds {
+            self.intact_forms |= 1u128 << sym.0;
+        } else {
+            self.intact_forms &= !(1u128 << sym.0);
+        }
     }
 
     fn exec_generic<T>(&mut self, node: &Inline<T>, env: Env, tail: bool) -> Result<Flow, Gc> {
@@ -1189,40 +1216,27 @@ impl Vm {
                         );
                         return Err(self.trace(e, name, span));
                     }
-                    let mut vars: SmallVec<[(Sym, Value); 8]> = SmallVec::new();
-                    {
-                        let bound = &self.heap.lambda(g).bound;
-                        let args = &self.stack[base + 1..];
-                        for (i, sym) in proto.formals.iter().enumerate() {
-                            let v = if i < nbound {
-                                bound[i]
-                            } else {
-                                args[i - nbound]
-                            };
-                            vars.push((*sym, v));
+                    let rest_list = match proto.rest {
+                        Some(_) => {
+                            let extra: SmallVec<[Value; 8]> = (nfixed..total)
+                                .map(|i| {
+                                    if i < nbound {
+                                        self.heap.lambda(g).bound[i]
+                                    } else {
+                                        self.stack[base + 1 + i - nbound]
+                                    }
+                                })
+                                .collect();
+                            self.heap.qlist(&extra)
                         }
-                    }
-                    if let Some(rest) = proto.rest {
-                        let extra: SmallVec<[Value; 8]> = (nfixed..total)
-                            .map(|i| {
-                                if i < nbound {
-                                    self.heap.lambda(g).bound[i]
-                                } else {
-                                    self.stack[base + 1 + i - nbound]
-                                }
-                            })
-                            .collect();
-                        let list = self.heap.qlist(&extra);
-                        vars.push((rest, list));
-                    }
-                    self.stack.truncate(base);
+                        None => Value::Nil,
+                    };
                     let scope = match activation.frame {
                         Some(fr) if self.reusable(fr, &proto) => {
                             // A self tail call: the frame's bindings are
                             // dead, so it is reused in place.
                             let s = self.heap.scope_mut(fr);
                             s.vars.clear();
-                            s.vars.extend_from_slice(&vars);
                             s.parent = lambda_env;
                             fr
                         }
@@ -1234,8 +1248,7 @@ impl Vm {
                                     self.tail_caller(fr, env, &proto)
                                 }
                             };
-                            let scope = self.heap.new_scope(
-                                &vars,
+                            let scope = self.heap.take_scope(
                                 lambda_env,
                                 caller,
                                 Some(proto.clone()),
@@ -1252,6 +1265,32 @@ impl Vm {
                             scope
                         }
                     };
+                    // Bind the formals: bound arguments first, then the
+                    // arguments on the stack.
+                    if nbound == 0 {
+                        let Vm { heap, stack, .. } = self;
+                        let vars = &mut heap.scope_mut(scope).vars;
+                        for (i, sym) in proto.formals.iter().enumerate() {
+                            vars.push((*sym, stack[base + 1 + i]));
+                        }
+                    } else {
+                        let bound: SmallVec<[Value; 8]> =
+                            SmallVec::from_slice(&self.heap.lambda(g).bound);
+                        let Vm { heap, stack, .. } = self;
+                        let vars = &mut heap.scope_mut(scope).vars;
+                        for (i, sym) in proto.formals.iter().enumerate() {
+                            let v = if i < nbound {
+                                bound[i]
+                            } else {
+                                stack[base + 1 + i - nbound]
+                            };
+                            vars.push((*sym, v));
+                        }
+                    }
+                    if let Some(rest) = proto.rest {
+                        self.heap.scope_mut(scope).vars.push((rest, rest_list));
+                    }
+                    self.stack.truncate(base);
                     activation.frame = Some(scope);
                     if let Err(e) = self.safe_point() {
                         return Err(self.trace(e, name, span));

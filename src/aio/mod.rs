@@ -8,7 +8,9 @@
 //! turn it into values inside `await`.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::runtime::Runtime;
@@ -76,18 +78,43 @@ pub fn sleep(ms: u64) -> Arc<Completion> {
 }
 
 /// Settles with the list of all results once every one has settled, or
-/// with the first failure.
+/// with the first failure as soon as it happens.
 pub fn all(parts: Vec<Arc<Completion>>) -> Arc<Completion> {
     if parts.is_empty() {
         return Completion::settled(Ok(Payload::List(Vec::new())));
     }
-    spawn(async move {
-        let mut values = Vec::with_capacity(parts.len());
-        for p in parts {
-            values.push(p.wait().await?);
+    let results: Vec<Option<Payload>> = parts.iter().map(|_| None).collect();
+    spawn(AllOf { parts, results })
+}
+
+/// Polls every part; done when all have values or one has failed.
+struct AllOf {
+    parts: Vec<Arc<Completion>>,
+    results: Vec<Option<Payload>>,
+}
+
+impl Future for AllOf {
+    type Output = Settled;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Settled> {
+        let this = &mut *self;
+        let mut pending = false;
+        for (part, slot) in this.parts.iter().zip(this.results.iter_mut()) {
+            if slot.is_some() {
+                continue;
+            }
+            match part.poll_result(cx.waker()) {
+                Some(Ok(v)) => *slot = Some(v),
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                None => pending = true,
+            }
         }
-        Ok(Payload::List(values))
-    })
+        if pending {
+            return Poll::Pending;
+        }
+        let values = this.results.iter_mut().filter_map(Option::take).collect();
+        Poll::Ready(Ok(Payload::List(values)))
+    }
 }
 
 /// Settles like the first of `parts` to settle.
@@ -96,18 +123,16 @@ pub fn race(parts: Vec<Arc<Completion>>) -> Arc<Completion> {
         return Completion::settled(Err("aio/race of no futures never settles".into()));
     }
     let winner = Completion::new();
-    for p in parts {
-        if let Some(r) = p.result() {
+    for part in parts {
+        if let Some(r) = part.result() {
             winner.settle(r);
             return winner;
         }
-    }
-    for p in parts_clone(&winner) {
-        drop(p);
+        let w = winner.clone();
+        runtime().spawn(async move {
+            let r = part.wait().await;
+            w.settle(r);
+        });
     }
     winner
-}
-
-fn parts_clone(_w: &Arc<Completion>) -> Vec<()> {
-    Vec::new()
 }

@@ -205,7 +205,16 @@ builtin!(
     |vm, args, env| {
         arity(vm, "eval", args, 1, 1)?;
         match args[0] {
-            Value::Q(_) | Value::Nil => eval_qexpr(vm, args[0], env),
+            Value::Q(g) => {
+                // A one-element expression is that element's value: nothing
+                // to compile for the common `(eval (head l))`.
+                let cell = *vm.heap.cons(g);
+                if cell.tail.is_none() && !matches!(cell.head, Value::S(_)) {
+                    return eval_element(vm, cell.head, env);
+                }
+                eval_qexpr(vm, args[0], env)
+            }
+            Value::Nil => eval_qexpr(vm, args[0], env),
             other => eval_element(vm, other, env),
         }
     }

@@ -133,7 +133,11 @@ pub fn qexpr(vm: &mut Vm, name: &str, v: Value) -> Result<Value, Gc> {
 /// in `env`, returning a tail flow.
 pub fn eval_element(vm: &mut Vm, v: Value, env: Env) -> Result<Flow, Gc> {
     match v {
-        Value::Sym(_) | Value::S(_) => {
+        Value::Sym(s) => {
+            let span = vm.span;
+            Ok(Flow::Value(vm.lookup(s, env, span)?))
+        }
+        Value::S(_) => {
             let span = vm.span;
             let proto = vm.compile_eval(v, span, env)?;
             Ok(Flow::Eval { proto, env })

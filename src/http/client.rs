@@ -1,0 +1,198 @@
+//! The HTTP/2 client: one connection per `Client` (TLS with ALPN h2 and
+//! certificate verification, or cleartext h2c with prior knowledge), over
+//! which any number of requests run concurrently as streams. Every failure
+//! — refused connection, TLS, reset stream, oversized body, timeout — comes
+//! back as an error message; nothing waits without a deadline.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::client::conn::http2::SendRequest;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Method, Request, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::{describe_error, tls, Limits, RequestData, ResponseData};
+
+/// An open HTTP/2 connection.
+pub struct Client {
+    sender: SendRequest<Full<Bytes>>,
+    /// `host:port` as connected to; the default `:authority`.
+    pub target: String,
+    pub tls: bool,
+    closed: Arc<AtomicBool>,
+}
+
+impl Client {
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire) || self.sender.is_closed()
+    }
+}
+
+/// Connects to `host:port`. With `tls`, the certificate must be valid for
+/// `sni` (or `host`) unless verification is off.
+pub async fn connect(
+    host: String,
+    port: u16,
+    sni: Option<String>,
+    tls: bool,
+) -> Result<Client, String> {
+    let limits = Limits::get();
+    let target = if host.contains(':') {
+        format!("[{}]:{}", host, port)
+    } else {
+        format!("{}:{}", host, port)
+    };
+    let work = async {
+        let stream = TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| format!("cannot connect to {}: {}", target, e))?;
+        let _ = stream.set_nodelay(true);
+        if !tls {
+            return handshake(stream, &target, false).await;
+        }
+        let config = tokio::task::spawn_blocking(tls::client_config)
+            .await
+            .map_err(|e| e.to_string())??;
+        let name = sni.unwrap_or_else(|| host.clone());
+        let server_name = ServerName::try_from(name.clone())
+            .map_err(|_| format!("invalid TLS server name {:?}", name))?;
+        let stream = TlsConnector::from(config)
+            .connect(server_name, stream)
+            .await
+            .map_err(|e| format!("TLS handshake with {} failed: {}", target, describe_error(&e)))?;
+        if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+            return Err(format!(
+                "{} does not speak HTTP/2 over TLS (ALPN h2 not agreed)",
+                target
+            ));
+        }
+        handshake(stream, &target, true).await
+    };
+    match tokio::time::timeout(limits.connect_timeout, work).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "connecting to {} timed out after {} ms",
+            target,
+            limits.connect_timeout.as_millis()
+        )),
+    }
+}
+
+async fn handshake<I>(io: I, target: &str, tls: bool) -> Result<Client, String>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = Limits::get();
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_list)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| format!("HTTP/2 handshake with {} failed: {}", target, describe_error(&e)))?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let flag = closed.clone();
+    tokio::spawn(async move {
+        let _ = connection.await;
+        flag.store(true, Ordering::Release);
+    });
+    Ok(Client {
+        sender,
+        target: target.to_string(),
+        tls,
+        closed,
+    })
+}
+
+/// Sends one request and reads the whole response.
+pub async fn send(client: Arc<Client>, request: RequestData) -> Result<ResponseData, String> {
+    let limits = Limits::get();
+    let authority = if request.authority.is_empty() {
+        client.target.clone()
+    } else {
+        request.authority.clone()
+    };
+    let scheme = if request.scheme.is_empty() {
+        if client.tls { "https" } else { "http" }.to_string()
+    } else {
+        request.scheme.clone()
+    };
+    let path = if request.path.is_empty() {
+        "/".to_string()
+    } else {
+        request.path.clone()
+    };
+    let label = format!("{} {}://{}{}", request.method, scheme, authority, path);
+    let method = Method::from_bytes(request.method.as_bytes())
+        .map_err(|_| format!("invalid method {:?}", request.method))?;
+    let mut req = Request::builder()
+        .method(method)
+        .version(Version::HTTP_2)
+        .uri(format!("{}://{}{}", scheme, authority, path))
+        .body(Full::new(request.body.clone()))
+        .map_err(|e| format!("invalid request {}: {}", label, e))?;
+    for (name, value) in &request.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("invalid header name {:?}", name))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| format!("invalid value for header {}", name))?;
+        req.headers_mut().append(name, value);
+    }
+    let mut sender = client.sender.clone();
+    let work = async {
+        sender
+            .ready()
+            .await
+            .map_err(|e| format!("{}: connection to {} is closed: {}", label, client.target, describe_error(&e)))?;
+        let response = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("{} failed: {}", label, describe_error(&e)))?;
+        let (parts, body) = response.into_parts();
+        let body = match Limited::new(body, limits.max_body).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(format!(
+                    "{}: response body exceeds the limit of {} bytes",
+                    label, limits.max_body
+                ))
+            }
+            Err(e) => {
+                return Err(format!(
+                    "{}: reading the response body failed: {}",
+                    label,
+                    describe_error(e.as_ref())
+                ))
+            }
+        };
+        let headers = parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        Ok(ResponseData {
+            status: parts.status.as_u16(),
+            headers,
+            body,
+        })
+    };
+    match tokio::time::timeout(limits.request_timeout, work).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "{} timed out after {} ms",
+            label,
+            limits.request_timeout.as_millis()
+        )),
+    }
+}
