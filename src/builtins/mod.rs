@@ -10,6 +10,7 @@ use crate::vm::{Builtin, Flow, Vm};
 pub mod arith;
 pub mod core;
 pub mod gc;
+pub mod http;
 pub mod io;
 pub mod list;
 pub mod string;
@@ -45,6 +46,7 @@ pub fn register_all(vm: &mut Vm) {
     string::register(vm);
     io::register(vm);
     gc::register(vm);
+    http::register(vm);
 }
 
 pub fn define_all(vm: &mut Vm, builtins: &[Builtin]) {
@@ -59,6 +61,7 @@ pub fn ret(v: Value) -> Result<Flow, Gc> {
 }
 
 /// Checks the argument count.
+#[inline]
 pub fn arity(vm: &mut Vm, name: &str, args: &[Value], min: usize, max: usize) -> Result<(), Gc> {
     if args.len() < min || args.len() > max {
         let expected = if min == max {
