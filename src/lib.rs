@@ -4,10 +4,12 @@
 //! `Interpreter` is the embedding API: make one (it loads the prelude), then
 //! evaluate text or files.
 
+pub mod aio;
 pub mod builtins;
 pub mod compile;
 pub mod error;
 pub mod heap;
+pub mod http;
 pub mod reader;
 pub mod repl;
 pub mod source;

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use valkyria::{repl, Interpreter, Mode};
+use valkyria::{aio, repl, Interpreter, Mode};
 
 /// Native stack for the evaluator thread. Only touched pages use memory;
 /// the VM turns deeper recursion into an Error well before the end.
@@ -33,16 +33,24 @@ fn run(cli: Cli) -> i32 {
     if repl_mode {
         return repl::run(&mut interp);
     }
+    // Worker isolates load the same program when a server has handlers.
+    let program = cli
+        .files
+        .iter()
+        .map(|f| aio::ProgramPart::File(f.clone()))
+        .chain(cli.eval.iter().map(|e| aio::ProgramPart::Expr(e.clone())))
+        .collect();
+    aio::set_program(program);
     for file in &cli.files {
         if let Err(rendered) = interp.run_file(file) {
             if let Some(code) = interp.exit_requested() {
-                return code;
+                return aio::finish(&mut interp, code);
             }
             eprintln!("{}", rendered);
-            return 1;
+            return aio::finish(&mut interp, 1);
         }
         if let Some(code) = interp.exit_requested() {
-            return code;
+            return aio::finish(&mut interp, code);
         }
     }
     for expr in &cli.eval {
@@ -50,17 +58,18 @@ fn run(cli: Cli) -> i32 {
             Ok(v) => println!("{}", interp.vm.show(v)),
             Err(rendered) => {
                 if let Some(code) = interp.exit_requested() {
-                    return code;
+                    return aio::finish(&mut interp, code);
                 }
                 eprintln!("{}", rendered);
-                return 1;
+                return aio::finish(&mut interp, 1);
             }
         }
         if let Some(code) = interp.exit_requested() {
-            return code;
+            return aio::finish(&mut interp, code);
         }
     }
-    0
+    // A program that started servers keeps serving until they stop.
+    aio::run_until_idle(&mut interp)
 }
 
 fn main() -> ExitCode {

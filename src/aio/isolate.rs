@@ -94,7 +94,13 @@ impl Isolate {
 
     /// Serves `server`'s handler requests with `handler`, which is pinned
     /// (kept alive) until the server has drained.
-    pub fn add_handler(&self, vm: &mut Vm, server: Arc<Server>, jobs: Receiver<Exchange>, handler: Value) {
+    pub fn add_handler(
+        &self,
+        vm: &mut Vm,
+        server: Arc<Server>,
+        jobs: Receiver<Exchange>,
+        handler: Value,
+    ) {
         vm.pinned.push(handler);
         self.sources.borrow_mut().push(Source {
             server,
@@ -137,7 +143,10 @@ fn find(vm: &Vm) -> Option<Rc<Isolate>> {
         table.retain(|(flag, _)| flag.strong_count() > 0);
         table
             .iter()
-            .find(|(flag, _)| flag.upgrade().is_some_and(|f| Arc::ptr_eq(&f, &vm.interrupt)))
+            .find(|(flag, _)| {
+                flag.upgrade()
+                    .is_some_and(|f| Arc::ptr_eq(&f, &vm.interrupt))
+            })
             .map(|(_, iso)| iso.clone())
     })
 }

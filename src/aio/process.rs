@@ -171,7 +171,8 @@ fn run_worker(index: usize, program: &[ProgramPart]) {
     let id = vm.syms.intern("aio/isolate");
     vm.set_global(id, Value::Num(index as i64));
     // The program's output was already written once, by the main isolate.
-    let discard = vm.global(vm.syms.intern("aio/discard"));
+    let discard_sym = vm.syms.intern("aio/discard");
+    let discard = vm.global(discard_sym);
     let mut saved = Vec::new();
     for name in ["print", "printf"] {
         let sym = vm.syms.intern(name);

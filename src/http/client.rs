@@ -66,7 +66,13 @@ pub async fn connect(
         let stream = TlsConnector::from(config)
             .connect(server_name, stream)
             .await
-            .map_err(|e| format!("TLS handshake with {} failed: {}", target, describe_error(&e)))?;
+            .map_err(|e| {
+                format!(
+                    "TLS handshake with {} failed: {}",
+                    target,
+                    describe_error(&e)
+                )
+            })?;
         if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err(format!(
                 "{} does not speak HTTP/2 over TLS (ALPN h2 not agreed)",
@@ -95,7 +101,13 @@ where
         .max_header_list_size(limits.max_header_list)
         .handshake(TokioIo::new(io))
         .await
-        .map_err(|e| format!("HTTP/2 handshake with {} failed: {}", target, describe_error(&e)))?;
+        .map_err(|e| {
+            format!(
+                "HTTP/2 handshake with {} failed: {}",
+                target,
+                describe_error(&e)
+            )
+        })?;
     let closed = Arc::new(AtomicBool::new(false));
     let flag = closed.clone();
     tokio::spawn(async move {
@@ -146,10 +158,14 @@ pub async fn send(client: Arc<Client>, request: RequestData) -> Result<ResponseD
     }
     let mut sender = client.sender.clone();
     let work = async {
-        sender
-            .ready()
-            .await
-            .map_err(|e| format!("{}: connection to {} is closed: {}", label, client.target, describe_error(&e)))?;
+        sender.ready().await.map_err(|e| {
+            format!(
+                "{}: connection to {} is closed: {}",
+                label,
+                client.target,
+                describe_error(&e)
+            )
+        })?;
         let response = sender
             .send_request(req)
             .await

@@ -446,9 +446,11 @@ async fn handler_response(
     if declared.is_some_and(|n| n > limits.max_body as u64) {
         return plain(413, "Payload Too Large");
     }
-    let collected =
-        tokio::time::timeout(limits.body_timeout, Limited::new(body, limits.max_body).collect())
-            .await;
+    let collected = tokio::time::timeout(
+        limits.body_timeout,
+        Limited::new(body, limits.max_body).collect(),
+    )
+    .await;
     let body = match collected {
         Err(_) => return plain(408, "Request Timeout"),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
@@ -499,13 +501,18 @@ async fn handler_response(
     let (reply, answer) = oneshot::channel();
     match jobs.try_send(Exchange { request, reply }) {
         Ok(()) => {}
-        Err(TrySendError::Full(_)) => return plain(503, "Service Unavailable: too many queued requests"),
+        Err(TrySendError::Full(_)) => {
+            return plain(503, "Service Unavailable: too many queued requests")
+        }
         Err(TrySendError::Disconnected(_)) => return plain(503, "Service Unavailable"),
     }
     match tokio::time::timeout(limits.handler_timeout, answer).await {
         Ok(Ok(response)) => to_hyper(response),
         Ok(Err(_)) => plain(500, "Internal Server Error"),
-        Err(_) => plain(503, "Service Unavailable: the handler did not answer in time"),
+        Err(_) => plain(
+            503,
+            "Service Unavailable: the handler did not answer in time",
+        ),
     }
 }
 
