@@ -11,29 +11,42 @@ use crate::value::Value;
 /// Deepest bracket nesting accepted in source.
 pub const MAX_NESTING: usize = 10_000;
 
+/// Bytes that may appear in a symbol (or number) token.
+const SYMBOL_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'_' | b'+'
+                    | b'-'
+                    | b'*'
+                    | b'/'
+                    | b'\\'
+                    | b'='
+                    | b'<'
+                    | b'>'
+                    | b'!'
+                    | b'&'
+                    | b'?'
+                    | b'%'
+                    | b'.'
+                    | b':'
+                    | b'$'
+                    | b'^'
+                    | b'~'
+                    | b'|'
+            );
+        b += 1;
+    }
+    table
+};
+
+#[inline]
 pub fn is_symbol_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'_' | b'+'
-                | b'-'
-                | b'*'
-                | b'/'
-                | b'\\'
-                | b'='
-                | b'<'
-                | b'>'
-                | b'!'
-                | b'&'
-                | b'?'
-                | b'%'
-                | b'.'
-                | b':'
-                | b'$'
-                | b'^'
-                | b'~'
-                | b'|'
-        )
+    SYMBOL_BYTES[b as usize]
 }
 
 fn is_space(b: u8) -> bool {
@@ -351,10 +364,14 @@ pub fn read_all(
                 heap.string_value(&s)
             }
             b if is_symbol_byte(b) => {
+                // Symbol bytes are ASCII and never newlines: advance in bulk.
                 let start = lx.pos;
-                while lx.pos < lx.src.len() && is_symbol_byte(lx.src[lx.pos]) {
-                    lx.bump();
+                let mut end = start;
+                while end < lx.src.len() && is_symbol_byte(lx.src[end]) {
+                    end += 1;
                 }
+                lx.col += (end - start) as u32;
+                lx.pos = end;
                 let tok = &src[start..lx.pos];
                 match classify(tok) {
                     Atom::Int(n) => Value::Num(n),

@@ -2,6 +2,33 @@
 //! lookups compare integers, never strings. Owns nothing but the name table.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// A fast non-cryptographic hasher for short names (FxHash's mixing step).
+/// Symbol names come from the program itself, so hash flooding is not a
+/// concern worth SipHash's cost on every symbol read.
+#[derive(Default, Clone, Copy)]
+pub struct NameHasher(u64);
+
+impl Hasher for NameHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let word = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(K);
+        }
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// An interned symbol name.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord, Default)]
@@ -16,7 +43,7 @@ impl Sym {
 /// The table of interned names for one interpreter.
 #[derive(Default)]
 pub struct Symbols {
-    ids: HashMap<Box<str>, Sym>,
+    ids: HashMap<Box<str>, Sym, BuildHasherDefault<NameHasher>>,
     names: Vec<Box<str>>,
 }
 
