@@ -4,8 +4,7 @@
 //! — refused connection, TLS, reset stream, oversized body, timeout — comes
 //! back as an error message; nothing waits without a deadline.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -26,12 +25,30 @@ pub struct Client {
     /// `host:port` as connected to; the default `:authority`.
     pub target: String,
     pub tls: bool,
-    closed: Arc<AtomicBool>,
+    /// Why the connection ended, once it has.
+    ended: Arc<Mutex<Option<String>>>,
 }
 
 impl Client {
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire) || self.sender.is_closed()
+        self.sender.is_closed()
+    }
+
+    /// Why the connection ended, if it has.
+    fn end_reason(&self) -> Option<String> {
+        self.ended.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Describes a failed request, with the connection's end if known.
+    fn failure(&self, label: &str, err: &hyper::Error) -> String {
+        let mut text = format!("{} failed: {}", label, describe_error(err));
+        if let Some(reason) = self.end_reason() {
+            text.push_str(&format!(
+                " (connection to {} ended: {})",
+                self.target, reason
+            ));
+        }
+        text
     }
 }
 
@@ -108,17 +125,20 @@ where
                 describe_error(&e)
             )
         })?;
-    let closed = Arc::new(AtomicBool::new(false));
-    let flag = closed.clone();
+    let ended = Arc::new(Mutex::new(None));
+    let reason = ended.clone();
     tokio::spawn(async move {
-        let _ = connection.await;
-        flag.store(true, Ordering::Release);
+        let why = match connection.await {
+            Ok(()) => "closed by the server".to_string(),
+            Err(e) => describe_error(&e),
+        };
+        *reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
     });
     Ok(Client {
         sender,
         target: target.to_string(),
         tls,
-        closed,
+        ended,
     })
 }
 
@@ -158,18 +178,14 @@ pub async fn send(client: Arc<Client>, request: RequestData) -> Result<ResponseD
     }
     let mut sender = client.sender.clone();
     let work = async {
-        sender.ready().await.map_err(|e| {
-            format!(
-                "{}: connection to {} is closed: {}",
-                label,
-                client.target,
-                describe_error(&e)
-            )
-        })?;
+        sender
+            .ready()
+            .await
+            .map_err(|e| client.failure(&label, &e))?;
         let response = sender
             .send_request(req)
             .await
-            .map_err(|e| format!("{} failed: {}", label, describe_error(&e)))?;
+            .map_err(|e| client.failure(&label, &e))?;
         let (parts, body) = response.into_parts();
         let body = match Limited::new(body, limits.max_body).collect().await {
             Ok(c) => c.to_bytes(),

@@ -1,0 +1,182 @@
+//! HTTP/2 from Valkyria scripts: owns tests/http/*.valk. A script starts a
+//! server and queries it with the client (h2c, and TLS with a certificate
+//! made here), and a served program's lifetime: graceful SIGTERM with a
+//! request in flight, `shutdown` from a handler, handlers on several
+//! isolates. Everything runs on 127.0.0.1 with ports picked by the system.
+
+#[path = "http/support.rs"]
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+fn assert_suite_passed(out: &Outcome) {
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+    assert!(
+        out.stdout.contains(" passed, 0 failed"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn script_server_and_client_over_h2c() {
+    let out = valk(
+        &["tests/http/roundtrip_h2c.valk"],
+        &[],
+        Duration::from_secs(60),
+    );
+    assert_suite_passed(&out);
+    assert!(
+        out.stderr.contains("http2 handler error for GET /boom"),
+        "handler errors are logged\n{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn script_server_and_client_over_tls_verified() {
+    let dir = temp_dir("tls-verified");
+    let (key, cert) = make_cert(&dir);
+    let params = params(
+        &dir,
+        &[
+            ("tls-key", quoted(&key)),
+            ("tls-cert", quoted(&cert)),
+            ("tls-verify", "1".into()),
+        ],
+    );
+    let out = valk(
+        &[&params, "tests/http/roundtrip_tls.valk"],
+        &[("SSL_CERT_FILE", &cert)],
+        Duration::from_secs(60),
+    );
+    assert_suite_passed(&out);
+}
+
+#[test]
+fn script_over_tls_without_verification_warns() {
+    let dir = temp_dir("tls-unverified");
+    let (key, cert) = make_cert(&dir);
+    let params = params(
+        &dir,
+        &[
+            ("tls-key", quoted(&key)),
+            ("tls-cert", quoted(&cert)),
+            ("tls-verify", "0".into()),
+        ],
+    );
+    let out = valk(
+        &[&params, "tests/http/roundtrip_tls.valk"],
+        &[("VALK_TLS_VERIFY", "0")],
+        Duration::from_secs(60),
+    );
+    assert_suite_passed(&out);
+    assert!(
+        out.stderr.contains("NOT verified"),
+        "a warning\n{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn unverifiable_certificate_is_an_error() {
+    let dir = temp_dir("tls-unknown-issuer");
+    let (key, cert) = make_cert(&dir);
+    let expr = format!(
+        "(def {{s}} (await (http2/listen aio \"127.0.0.1\" 0 {} {}))) (print (try {{await (http2/connect aio \"127.0.0.1\" (http2/server-port s) \"localhost\")}} (\\ {{m}} {{m}}))) (shutdown 0)",
+        quoted(&key),
+        quoted(&cert)
+    );
+    let out = valk(&["-e", &expr], &[], Duration::from_secs(30));
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+    assert!(
+        out.stdout.contains("TLS handshake with 127.0.0.1:")
+            && out.stdout.contains("invalid peer certificate"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn server_keeps_running_until_sigterm_and_finishes_in_flight_requests() {
+    let dir = temp_dir("graceful");
+    let server = serve(&dir, None, &[]);
+    let port = server.port("app");
+    assert_eq!(get(port, "/", false), "200 hello from valk");
+    // A slow request (400 ms) in flight when the signal arrives.
+    let expr = format!(
+        "(print (http2/response-body (await (http2/send (http2/request \"GET\" \"http\" \"\" \"/slow\") (await (http2/connect aio \"127.0.0.1\" {} \"\" \"h2c\"))))))",
+        port
+    );
+    let client = std::thread::spawn(move || valk(&["-e", &expr], &[], Duration::from_secs(20)));
+    std::thread::sleep(Duration::from_millis(150));
+    let out = server.terminate();
+    assert_eq!(out.status, Some(0), "graceful exit\n{}", out.describe());
+    let answered = client.join().unwrap();
+    assert!(
+        answered.stdout.contains("slow done"),
+        "the in-flight request finished\n{}",
+        answered.describe()
+    );
+    assert!(
+        get(port, "/", false).starts_with("error:"),
+        "no longer listening"
+    );
+}
+
+#[test]
+fn shutdown_in_a_handler_ends_the_program_with_its_code() {
+    let dir = temp_dir("quit");
+    let server = serve(&dir, None, &[]);
+    let port = server.port("app");
+    get(port, "/quit", false);
+    let out = server.wait(Duration::from_secs(20));
+    assert_eq!(out.status, Some(7), "{}", out.describe());
+}
+
+#[test]
+fn sigint_stops_gracefully_too() {
+    let dir = temp_dir("sigint");
+    let server = serve(&dir, None, &[]);
+    server.signal("INT");
+    let out = server.wait(Duration::from_secs(20));
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+}
+
+#[test]
+fn handlers_run_on_several_isolates_and_output_appears_once() {
+    let dir = temp_dir("isolates");
+    let server = serve(&dir, None, &[("VALK_ISOLATES", "3")]);
+    let port = server.port("app");
+    let expr = format!(
+        "(def {{c}} (await (http2/connect aio \"127.0.0.1\" {} \"\" \"h2c\"))) \
+         (def {{ids}} (map http2/response-body (await (aio/all (map (\\ {{i}} {{http2/send (http2/request \"GET\" \"http\" \"\" \"/isolate\") c}}) (range 0 2000)))))) \
+         (print (filter (\\ {{i}} {{exists i ids}}) {{\"0\" \"1\" \"2\"}}))",
+        port
+    );
+    // Workers start once the main isolate is serving; give them a moment.
+    let mut seen = String::new();
+    for _ in 0..20 {
+        let out = valk(&["-e", &expr], &[], Duration::from_secs(30));
+        seen = out.stdout.lines().next().unwrap_or_default().to_string();
+        if seen.contains("\"1\"") && seen.contains("\"2\"") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = server.terminate();
+    assert!(
+        seen.contains("\"1\"") && seen.contains("\"2\""),
+        "workers served requests: {}",
+        seen
+    );
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+    assert_eq!(
+        out.stdout.matches("ready").count(),
+        1,
+        "worker isolates print nothing while loading\n{}",
+        out.describe()
+    );
+}
