@@ -97,7 +97,22 @@ pub struct GcStats {
 
 pub struct Heap {
     objects: Vec<Object>,
-    marks: Vec<bool>,
+    /// Per-object collector flags: `MARKED`, `OLD`, `REMEMBERED`.
+    flags: Vec<u8>,
+    /// Objects allocated since the last collection (the young generation).
+    young: Vec<Gc>,
+    /// Old scopes written since the last collection: they may point at
+    /// young objects, so a minor collection traces them as roots.
+    remembered: Vec<Gc>,
+    /// Host objects, traced as roots by minor collections (their contents
+    /// can change behind the collector's back).
+    host_refs: Vec<Gc>,
+    /// Bytes held by old objects, and the level that triggers a major
+    /// (full) collection.
+    old_bytes: usize,
+    major_at: usize,
+    /// The collection in progress is a minor one.
+    minor: bool,
     free: Option<Gc>,
     live: usize,
     /// Approximate bytes held by live objects (after the last collection,
@@ -117,6 +132,10 @@ pub struct Heap {
 }
 
 const CONS_BYTES: usize = std::mem::size_of::<Object>();
+
+const MARKED: u8 = 1;
+const OLD: u8 = 2;
+const REMEMBERED: u8 = 4;
 /// Heap bytes a scope accounts for.
 const SCOPE_BYTES: usize = std::mem::size_of::<Object>() + std::mem::size_of::<Scope>();
 /// Freed scope boxes kept for reuse, so calls rarely reach the allocator.
@@ -126,7 +145,13 @@ impl Heap {
     pub fn new(threshold_bytes: usize) -> Heap {
         Heap {
             objects: Vec::new(),
-            marks: Vec::new(),
+            flags: Vec::new(),
+            young: Vec::new(),
+            remembered: Vec::new(),
+            host_refs: Vec::new(),
+            old_bytes: 0,
+            major_at: threshold_bytes.saturating_mul(4),
+            minor: false,
             free: None,
             live: 0,
             bytes: 0,
@@ -164,7 +189,8 @@ impl Heap {
         self.bytes += size;
         self.allocated_since_gc += size;
         self.live += 1;
-        match self.free {
+        let is_ref = matches!(obj, Object::Ref(_));
+        let g = match self.free {
             Some(g) => {
                 let slot = &mut self.objects[g.index()];
                 self.free = match slot {
@@ -172,14 +198,20 @@ impl Heap {
                     _ => None,
                 };
                 *slot = obj;
+                self.flags[g.index()] = 0;
                 g
             }
             None => {
                 self.objects.push(obj);
-                self.marks.push(false);
+                self.flags.push(0);
                 Gc::from_index(self.objects.len() - 1)
             }
+        };
+        self.young.push(g);
+        if is_ref {
+            self.host_refs.push(g);
         }
+        g
     }
 
     /// True when enough has been allocated that the VM should collect at
@@ -247,8 +279,16 @@ impl Heap {
         }
     }
 
+    /// Mutable access to a scope. This is the write barrier: an old scope
+    /// that is written may now point at young objects, so it is
+    /// remembered for the next minor collection.
     #[inline]
     pub fn scope_mut(&mut self, g: Gc) -> &mut Scope {
+        let flags = &mut self.flags[g.index()];
+        if *flags & (OLD | REMEMBERED) == OLD {
+            *flags |= REMEMBERED;
+            self.remembered.push(g);
+        }
         match &mut self.objects[g.index()] {
             Object::Scope(s) => s,
             other => panic!(
@@ -436,8 +476,12 @@ impl Heap {
     #[inline]
     pub fn mark(&mut self, g: Gc) {
         let i = g.index();
-        if !self.marks[i] {
-            self.marks[i] = true;
+        let flags = self.flags[i];
+        // A minor collection neither marks nor traces old objects: they are
+        // live by assumption, and the young objects they point at are found
+        // through the remembered set.
+        if flags & MARKED == 0 && !(self.minor && flags & OLD != 0) {
+            self.flags[i] = flags | MARKED;
             self.gray.push(g);
         }
     }
@@ -449,8 +493,15 @@ impl Heap {
     }
 
     fn trace_gray(&mut self) {
-        let mut host_values = Vec::new();
         while let Some(g) = self.gray.pop() {
+            self.trace_object(g);
+        }
+    }
+
+    /// Marks everything `g` refers to.
+    fn trace_object(&mut self, g: Gc) {
+        let mut host_values = Vec::new();
+        {
             // Temporarily take what we need out of the object to satisfy
             // the borrow checker; objects are never moved.
             match &self.objects[g.index()] {
@@ -500,46 +551,128 @@ impl Heap {
         }
     }
 
+    /// Starts a collection: decides whether it is minor (young objects
+    /// only) or major (everything). Roots are marked next, then
+    /// `finish_collection` completes it.
+    pub fn begin_collection(&mut self, force_major: bool) {
+        self.minor = !force_major && self.old_bytes < self.major_at;
+    }
+
     /// Finishes a collection whose roots have been marked: traces, sweeps
     /// and records statistics. `started` is when root marking began.
     pub fn finish_collection(&mut self, started: Instant) -> usize {
+        let freed = if self.minor {
+            self.finish_minor()
+        } else {
+            self.finish_major()
+        };
+        self.minor = false;
+        self.allocated_since_gc = 0;
+        self.next_collection = self.threshold;
+        let pause = started.elapsed().as_micros() as u64;
+        self.stats.collections += 1;
+        self.stats.pause_us_max = self.stats.pause_us_max.max(pause);
+        self.stats.pause_us_total += pause;
+        self.stats.freed_total += freed as u64;
+        freed
+    }
+
+    fn free_slot(&mut self, i: usize) {
+        let old = std::mem::replace(&mut self.objects[i], Object::Free(self.free));
+        if let Object::Scope(mut b) = old {
+            if self.scope_pool.len() < SCOPE_POOL_LIMIT {
+                b.func = None;
+                b.vars.clear();
+                self.scope_pool.push(b);
+            }
+        }
+        self.flags[i] = 0;
+        self.free = Some(Gc::from_index(i));
+    }
+
+    /// Young objects reachable from the roots, the remembered old scopes
+    /// and the host objects survive and become old; the rest are freed.
+    fn finish_minor(&mut self) -> usize {
+        let remembered = std::mem::take(&mut self.remembered);
+        for &g in &remembered {
+            self.flags[g.index()] &= !REMEMBERED;
+            self.trace_object(g);
+        }
+        let host_refs = std::mem::take(&mut self.host_refs);
+        for &g in &host_refs {
+            if matches!(self.objects[g.index()], Object::Ref(_)) {
+                self.trace_object(g);
+            }
+        }
+        self.host_refs = host_refs;
         self.trace_gray();
+        // Scopes freed by returning calls are garbage whatever their age.
+        let free_scopes = std::mem::take(&mut self.free_scopes);
+        self.live += free_scopes.len();
+        let mut freed = 0usize;
+        for g in free_scopes {
+            let i = g.index();
+            if self.flags[i] & OLD != 0 {
+                self.free_slot(i);
+                freed += 1;
+            }
+        }
+        let young = std::mem::take(&mut self.young);
+        let mut promoted = 0usize;
+        for &g in &young {
+            let i = g.index();
+            let flags = self.flags[i];
+            if flags & MARKED != 0 {
+                self.flags[i] = OLD;
+                promoted += Self::object_bytes(&self.objects[i]);
+            } else if flags & OLD == 0 && !matches!(self.objects[i], Object::Free(_)) {
+                self.free_slot(i);
+                freed += 1;
+            }
+        }
+        self.young = young;
+        self.young.clear();
+        self.live -= freed;
+        self.old_bytes += promoted;
+        self.bytes = self.old_bytes;
+        freed
+    }
+
+    /// Traces everything from the roots and sweeps the whole table.
+    fn finish_major(&mut self) -> usize {
+        self.trace_gray();
+        for g in std::mem::take(&mut self.remembered) {
+            self.flags[g.index()] &= !REMEMBERED;
+        }
         // Scopes waiting in `free_scopes` are unmarked: the sweep below
         // returns them to the ordinary free list. Their count was already
         // taken off `live`, so it is added back before the sweep subtracts.
         self.live += self.free_scopes.len();
         self.free_scopes.clear();
+        self.young.clear();
         let mut freed = 0usize;
         let mut bytes = 0usize;
         for i in 0..self.objects.len() {
-            if self.marks[i] {
-                self.marks[i] = false;
+            if self.flags[i] & MARKED != 0 {
+                self.flags[i] = OLD;
                 bytes += Self::object_bytes(&self.objects[i]);
                 continue;
             }
             if matches!(self.objects[i], Object::Free(_)) {
                 continue;
             }
-            let old = std::mem::replace(&mut self.objects[i], Object::Free(self.free));
-            if let Object::Scope(mut b) = old {
-                if self.scope_pool.len() < SCOPE_POOL_LIMIT {
-                    b.func = None;
-                    b.vars.clear();
-                    self.scope_pool.push(b);
-                }
-            }
-            self.free = Some(Gc::from_index(i));
+            self.free_slot(i);
             freed += 1;
         }
+        let objects = &self.objects;
+        self.host_refs
+            .retain(|g| matches!(objects[g.index()], Object::Ref(_)));
         self.live -= freed;
         self.bytes = bytes;
-        self.allocated_since_gc = 0;
-        self.next_collection = self.threshold.max(bytes);
-        let pause = started.elapsed().as_micros() as u64;
-        self.stats.collections += 1;
-        self.stats.pause_us_max = self.stats.pause_us_max.max(pause);
-        self.stats.pause_us_total += pause;
-        self.stats.freed_total += freed as u64;
+        self.old_bytes = bytes;
+        self.major_at = bytes
+            .saturating_mul(2)
+            .max(self.threshold.saturating_mul(4));
         freed
     }
 }

@@ -354,7 +354,14 @@ impl Vm {
 
     /// Runs the collector now. Only call where every live value is rooted.
     pub fn collect(&mut self) {
+        self.collect_with(true);
+    }
+
+    /// Runs a collection: minor (young objects only) unless `major` or the
+    /// old generation has grown enough to need a full one.
+    fn collect_with(&mut self, major: bool) {
         let started = Instant::now();
+        self.heap.begin_collection(major);
         for i in 0..self.globals.len() {
             if let Some(v) = self.globals[i] {
                 self.heap.mark_value(v);
@@ -389,10 +396,14 @@ impl Vm {
     #[inline]
     fn safe_point(&mut self) -> Result<(), Gc> {
         if self.heap.wants_collection() {
-            self.collect();
+            self.collect_with(false);
             if let Some(limit) = self.max_heap {
                 if self.heap.live_bytes() > limit {
-                    return Err(self.out_of_memory());
+                    // Old garbage counts until a full collection frees it.
+                    self.collect_with(true);
+                    if self.heap.live_bytes() > limit {
+                        return Err(self.out_of_memory());
+                    }
                 }
             }
         }
