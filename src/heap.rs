@@ -707,4 +707,27 @@ mod tests {
         assert_eq!(heap.finish_collection(t), 1);
         assert_eq!(heap.live_objects(), 0);
     }
+
+    #[test]
+    fn minor_collection_keeps_young_values_of_old_scopes() {
+        let mut heap = Heap::new(1 << 20);
+        let scope = heap.new_scope(&[], None, None, None, false);
+        heap.begin_collection(false);
+        heap.mark(scope);
+        heap.finish_collection(Instant::now());
+        // The scope is old now; a young list is stored in it.
+        let young = heap.qlist(&[Value::Num(7)]);
+        heap.scope_mut(scope).vars.push((Sym(0), young));
+        let _garbage = heap.qlist(&[Value::Num(8)]);
+        heap.begin_collection(false);
+        heap.mark(scope);
+        let freed = heap.finish_collection(Instant::now());
+        assert_eq!(freed, 1, "only the unreferenced list is freed");
+        let cell = young.list_cell().unwrap();
+        assert!(matches!(heap.cons(cell).head, Value::Num(7)));
+        // A full collection without the scope as a root frees both.
+        heap.begin_collection(true);
+        assert_eq!(heap.finish_collection(Instant::now()), 2);
+        assert_eq!(heap.live_objects(), 0);
+    }
 }
