@@ -1,0 +1,301 @@
+//! Hostile input against the HTTP/2 server: garbage bytes, an oversized
+//! body, more streams than allowed, headers trickled too slowly, idle
+//! connections and rapid stream resets. After each, the server must still
+//! answer a normal request. Frames are written by hand here (only here) to
+//! misbehave in ways a real client library will not.
+
+#[path = "http/support.rs"]
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const HEADERS: u8 = 1;
+const RST_STREAM: u8 = 3;
+const SETTINGS: u8 = 4;
+const GOAWAY: u8 = 7;
+const END_STREAM: u8 = 1;
+const END_HEADERS: u8 = 4;
+const REFUSED_STREAM: u32 = 7;
+const CANCEL: u32 = 8;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// An HPACK block for `GET http://authority/path` from the static table
+/// and literals without indexing (short strings only).
+fn request_block(path: &str, authority: &str) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86]; // :method GET, :scheme http
+    block.push(0x04); // :path, literal value
+    block.push(path.len() as u8);
+    block.extend_from_slice(path.as_bytes());
+    block.push(0x01); // :authority, literal value
+    block.push(authority.len() as u8);
+    block.extend_from_slice(authority.as_bytes());
+    block
+}
+
+fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Frames read until the peer closes or `wait` passes: (type, flags, stream, payload).
+fn read_frames(stream: &mut TcpStream, wait: Duration) -> (Vec<(u8, u8, u32, Vec<u8>)>, bool) {
+    let deadline = Instant::now() + wait;
+    let mut buf = Vec::new();
+    let mut closed = false;
+    let mut chunk = [0u8; 16384];
+    while Instant::now() < deadline {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut chunk) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                break
+            }
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at + 9 <= buf.len() {
+        let len = ((buf[at] as usize) << 16) | ((buf[at + 1] as usize) << 8) | buf[at + 2] as usize;
+        if at + 9 + len > buf.len() {
+            break;
+        }
+        let id =
+            u32::from_be_bytes([buf[at + 5], buf[at + 6], buf[at + 7], buf[at + 8]]) & 0x7fff_ffff;
+        frames.push((
+            buf[at + 3],
+            buf[at + 4],
+            id,
+            buf[at + 9..at + 9 + len].to_vec(),
+        ));
+        at += 9 + len;
+    }
+    (frames, closed)
+}
+
+fn assert_still_serving(server: &Server) {
+    assert_eq!(get(server.port("app"), "/", false), "200 hello from valk");
+    assert_eq!(
+        get(server.port("demo"), "/", false),
+        "200 Hello from Valk HTTP/2 server!"
+    );
+}
+
+#[test]
+fn garbage_bytes_are_dropped_and_the_server_still_answers() {
+    let dir = temp_dir("garbage");
+    let cert = make_cert(&dir);
+    let server = serve(&dir, Some(&cert), &[]);
+    let mut noise = Vec::with_capacity(256 * 1024);
+    let mut x: u32 = 0x1234_5678;
+    for _ in 0..noise.capacity() {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        noise.push(x as u8);
+    }
+    for name in ["demo", "app", "tls-app"] {
+        let mut s = connect(server.port(name));
+        let _ = s.write_all(&noise);
+        let (_, closed) = read_frames(&mut s, Duration::from_secs(5));
+        assert!(closed, "{}: the connection is closed", name);
+        // A valid preface followed by garbage frames.
+        if name != "tls-app" {
+            let mut s = connect(server.port(name));
+            let _ = s.write_all(PREFACE);
+            let _ = s.write_all(&noise[..4096]);
+            let (_, closed) = read_frames(&mut s, Duration::from_secs(5));
+            assert!(closed, "{}: closed after bad frames", name);
+        }
+    }
+    assert_still_serving(&server);
+    assert_eq!(
+        get(server.port("tls-app"), "/", true),
+        "200 hello from valk"
+    );
+    let out = server.terminate();
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+}
+
+#[test]
+fn oversized_bodies_are_refused() {
+    let dir = temp_dir("oversized");
+    let server = serve(&dir, None, &[("VALK_HTTP_MAX_BODY", "1024")]);
+    let port = server.port("app");
+    let expr = format!(
+        "(def {{c}} (await (http2/connect aio \"127.0.0.1\" {} \"\" \"h2c\"))) \
+         (def {{big}} (foldl join \"\" (map (\\ {{i}} {{\"0123456789\"}}) (range 0 500)))) \
+         (print (http2/response-status (await (http2/send (http2/request-set-body (http2/request \"POST\" \"http\" \"\" \"/echo\") big) c)))) \
+         (print (http2/response-body (await (http2/send (http2/request-set-body (http2/request \"POST\" \"http\" \"\" \"/echo\") \"small\") c))))",
+        port
+    );
+    let out = valk(&["-e", &expr], &[], Duration::from_secs(30));
+    assert!(
+        out.stdout.starts_with("413\nPOST small\n"),
+        "{}",
+        out.describe()
+    );
+    // The client has the same limit on responses.
+    let expr = format!(
+        "(print (try {{await (http2/send (http2/request \"GET\" \"http\" \"\" \"/\") (await (http2/connect aio \"127.0.0.1\" {} \"\" \"h2c\")))}} (\\ {{m}} {{m}})))",
+        server.port("demo")
+    );
+    let out = valk(
+        &["-e", &expr],
+        &[("VALK_HTTP_MAX_BODY", "10")],
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.stdout
+            .contains("response body exceeds the limit of 10 bytes"),
+        "{}",
+        out.describe()
+    );
+    assert_still_serving(&server);
+    let out = server.terminate();
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+}
+
+#[test]
+fn streams_beyond_the_limit_are_refused() {
+    let dir = temp_dir("streams");
+    let server = serve(&dir, None, &[("VALK_HTTP_MAX_STREAMS", "4")]);
+    let port = server.port("app");
+    let mut s = connect(port);
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[]));
+    let block = request_block("/slow", &format!("127.0.0.1:{}", port));
+    // Ignore the server's SETTINGS and open 40 streams at once.
+    for i in 0..40u32 {
+        out.extend(frame(HEADERS, END_STREAM | END_HEADERS, 1 + 2 * i, &block));
+    }
+    s.write_all(&out).unwrap();
+    let (frames, _) = read_frames(&mut s, Duration::from_secs(3));
+    let refused = frames
+        .iter()
+        .filter(|f| f.0 == RST_STREAM && f.3 == REFUSED_STREAM.to_be_bytes())
+        .count();
+    let goaway = frames.iter().any(|f| f.0 == GOAWAY);
+    let answered = frames.iter().filter(|f| f.0 == HEADERS).count();
+    assert!(
+        refused > 0 || goaway,
+        "excess streams refused (frames: {:?})",
+        frames.iter().map(|f| f.0).collect::<Vec<_>>()
+    );
+    assert!(
+        answered <= 4 || goaway,
+        "at most 4 streams served, got {}",
+        answered
+    );
+    drop(s);
+    assert_still_serving(&server);
+    let out = server.terminate();
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+}
+
+#[test]
+fn slow_headers_and_silent_connections_time_out() {
+    let dir = temp_dir("slow");
+    let server = serve(&dir, None, &[("VALK_HTTP_HEADER_TIMEOUT_MS", "300")]);
+    for name in ["app", "demo"] {
+        let port = server.port(name);
+        // Says nothing at all.
+        let mut silent = connect(port);
+        // Starts a header block and never finishes it.
+        let mut trickle = connect(port);
+        let mut out = PREFACE.to_vec();
+        out.extend(frame(SETTINGS, 0, 0, &[]));
+        let block = request_block("/", &format!("127.0.0.1:{}", port));
+        out.extend(frame(HEADERS, END_STREAM, 1, &block[..3]));
+        trickle.write_all(&out).unwrap();
+        let started = Instant::now();
+        let (_, closed) = read_frames(&mut trickle, Duration::from_secs(5));
+        assert!(closed, "{}: trickled headers cut off", name);
+        let (_, closed) = read_frames(&mut silent, Duration::from_secs(5));
+        assert!(closed, "{}: silent connection cut off", name);
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{}: in time",
+            name
+        );
+    }
+    assert_still_serving(&server);
+    let out = server.terminate();
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+}
+
+#[test]
+fn idle_connections_are_closed_with_goaway() {
+    let dir = temp_dir("idle");
+    let server = serve(&dir, None, &[("VALK_HTTP_IDLE_TIMEOUT_MS", "300")]);
+    let port = server.port("app");
+    let mut s = connect(port);
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[]));
+    out.extend(frame(
+        HEADERS,
+        END_STREAM | END_HEADERS,
+        1,
+        &request_block("/", &format!("127.0.0.1:{}", port)),
+    ));
+    s.write_all(&out).unwrap();
+    let (frames, closed) = read_frames(&mut s, Duration::from_secs(5));
+    assert!(
+        frames.iter().any(|f| f.0 == HEADERS && f.2 == 1),
+        "answered first"
+    );
+    assert!(frames.iter().any(|f| f.0 == GOAWAY), "GOAWAY when idle");
+    assert!(closed, "then closed");
+    assert_still_serving(&server);
+    let out = server.terminate();
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+}
+
+#[test]
+fn rapid_resets_do_not_hurt_the_server() {
+    let dir = temp_dir("resets");
+    let server = serve(&dir, None, &[]);
+    let port = server.port("app");
+    let mut s = connect(port);
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[]));
+    let block = request_block("/slow", &format!("127.0.0.1:{}", port));
+    for i in 0..5000u32 {
+        let id = 1 + 2 * i;
+        out.extend(frame(HEADERS, END_STREAM | END_HEADERS, id, &block));
+        out.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+    }
+    let _ = s.write_all(&out);
+    let (frames, _) = read_frames(&mut s, Duration::from_secs(3));
+    drop(s);
+    let _ = frames;
+    assert_still_serving(&server);
+    let out = server.terminate();
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+}

@@ -1,0 +1,242 @@
+//! HTTP/2 interoperability with independent peers: curl against the
+//! server (h2c with prior knowledge, and TLS with ALPN), h2load runs with
+//! no failed request, and nghttpd as the server for the Valkyria client.
+//! Each test skips with a printed notice when its tool is not installed.
+
+#[path = "http/support.rs"]
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `curl ARGS… -w '\n%{http_version} %{http_code}'`: (body, "2 200").
+fn curl(args: &[&str]) -> (String, String) {
+    let mut all: Vec<&str> = vec![
+        "-sS",
+        "--max-time",
+        "20",
+        "-w",
+        "\n%{http_version} %{http_code}",
+    ];
+    all.extend_from_slice(args);
+    let out = run("curl", &all, &[], TIMEOUT);
+    assert_eq!(out.status, Some(0), "curl {:?}\n{}", args, out.describe());
+    let (body, status) = out.stdout.rsplit_once('\n').unwrap_or(("", &out.stdout));
+    (body.to_string(), status.to_string())
+}
+
+#[test]
+fn curl_prior_knowledge_h2c() {
+    if !tool("curl", "curl_prior_knowledge_h2c") {
+        return;
+    }
+    let dir = temp_dir("curl-h2c");
+    let server = serve(&dir, None, &[]);
+    let demo = format!("http://127.0.0.1:{}/", server.port("demo"));
+    let app = format!("http://127.0.0.1:{}", server.port("app"));
+    let h2c = "--http2-prior-knowledge";
+    assert_eq!(
+        curl(&[h2c, &demo]),
+        ("Hello from Valk HTTP/2 server!".into(), "2 200".into())
+    );
+    assert_eq!(
+        curl(&[h2c, &format!("{}/", app)]),
+        ("hello from valk".into(), "2 200".into())
+    );
+    assert_eq!(curl(&[h2c, &format!("{}/boom", app)]).1, "2 500");
+    assert_eq!(
+        curl(&[h2c, &format!("{}/", app)]),
+        ("hello from valk".into(), "2 200".into()),
+        "still serving after a handler Error"
+    );
+    assert_eq!(
+        curl(&[h2c, "-d", "abc", &format!("{}/echo", app)]),
+        ("POST abc".into(), "2 200".into())
+    );
+    let (head, status) = curl(&[h2c, "-i", &format!("{}/json", app)]);
+    assert_eq!(status, "2 201");
+    assert!(head.contains("content-type: application/json"), "{}", head);
+    assert!(head.contains("x-valk: yes"), "{}", head);
+    let out = server.terminate();
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+}
+
+#[test]
+fn curl_tls_alpn_h2() {
+    if !tool("curl", "curl_tls_alpn_h2") {
+        return;
+    }
+    let dir = temp_dir("curl-tls");
+    let cert = make_cert(&dir);
+    let server = serve(&dir, Some(&cert), &[]);
+    let demo = server.port("tls-demo");
+    let app = server.port("tls-app");
+    assert_eq!(
+        curl(&["-k", "--http2", &format!("https://127.0.0.1:{}/", demo)]),
+        ("Hello from Valk HTTP/2 server!".into(), "2 200".into())
+    );
+    // Verified against the test certificate, by name.
+    let resolve = format!("localhost:{}:127.0.0.1", app);
+    assert_eq!(
+        curl(&[
+            "--http2",
+            "--cacert",
+            &cert.1,
+            "--resolve",
+            &resolve,
+            &format!("https://localhost:{}/", app)
+        ]),
+        ("hello from valk".into(), "2 200".into())
+    );
+    assert_eq!(
+        curl(&["-k", "--http2", &format!("https://127.0.0.1:{}/boom", app)]).1,
+        "2 500"
+    );
+    assert_eq!(
+        curl(&[
+            "-k",
+            "--http2",
+            "-d",
+            "x",
+            &format!("https://127.0.0.1:{}/echo", app)
+        ]),
+        ("POST x".into(), "2 200".into())
+    );
+    let out = server.terminate();
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+}
+
+/// Runs h2load and checks that every request succeeded.
+fn h2load(url: &str, n: usize) {
+    let total = n.to_string();
+    let out = run(
+        "h2load",
+        &["-n", &total, "-c", "4", "-m", "4", url],
+        &[],
+        TIMEOUT,
+    );
+    assert_eq!(out.status, Some(0), "h2load {}\n{}", url, out.describe());
+    let expected =
+        format!("requests: {n} total, {n} started, {n} done, {n} succeeded, 0 failed, 0 errored");
+    assert!(
+        out.stdout.contains(&expected),
+        "h2load {}\n{}",
+        url,
+        out.describe()
+    );
+    assert!(
+        out.stdout.contains(&format!("status codes: {} 2xx", n)),
+        "h2load {}\n{}",
+        url,
+        out.describe()
+    );
+}
+
+#[test]
+fn h2load_without_failures() {
+    if !tool("h2load", "h2load_without_failures") {
+        return;
+    }
+    let dir = temp_dir("h2load");
+    let cert = make_cert(&dir);
+    let server = serve(&dir, Some(&cert), &[]);
+    h2load(&format!("http://127.0.0.1:{}/", server.port("demo")), 1000);
+    h2load(&format!("http://127.0.0.1:{}/", server.port("app")), 1000);
+    h2load(
+        &format!("https://127.0.0.1:{}/", server.port("tls-app")),
+        1000,
+    );
+    let out = server.terminate();
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+}
+
+/// Runs tests/http/client_peer.valk against an nghttpd on `port`.
+fn client_against_nghttpd(dir: &std::path::Path, port: u16, tls: Option<&str>) {
+    let body = "hello from nghttpd\n";
+    let (transport, scheme) = if tls.is_some() {
+        ("tls", "https")
+    } else {
+        ("h2c", "http")
+    };
+    let params = params(
+        dir,
+        &[
+            ("peer-port", port.to_string()),
+            ("peer-transport", quoted(transport)),
+            ("peer-scheme", quoted(scheme)),
+            ("peer-body", quoted(body)),
+        ],
+    );
+    let envs: Vec<(&str, &str)> = tls.map(|c| ("SSL_CERT_FILE", c)).into_iter().collect();
+    let out = valk(&[&params, "tests/http/client_peer.valk"], &envs, TIMEOUT);
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+    assert!(
+        out.stdout.contains(" passed, 0 failed"),
+        "{}",
+        out.describe()
+    );
+}
+
+/// Starts nghttpd serving `dir`; it is killed when the guard drops.
+struct Nghttpd(std::process::Child);
+
+impl Drop for Nghttpd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn nghttpd(dir: &std::path::Path, port: u16, tls: Option<&(String, String)>) -> Nghttpd {
+    let docroot = dir.join("www");
+    std::fs::create_dir_all(&docroot).unwrap();
+    std::fs::write(docroot.join("index.html"), "hello from nghttpd\n").unwrap();
+    let mut cmd = Command::new("nghttpd");
+    cmd.arg("-d").arg(&docroot);
+    match tls {
+        None => {
+            cmd.arg("--no-tls").arg(port.to_string());
+        }
+        Some((key, cert)) => {
+            cmd.arg(port.to_string()).arg(key).arg(cert);
+        }
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start nghttpd");
+    let guard = Nghttpd(child);
+    assert!(
+        wait_for_port(port, Duration::from_secs(10)),
+        "nghttpd did not listen"
+    );
+    guard
+}
+
+#[test]
+fn client_against_nghttpd_h2c() {
+    if !tool("nghttpd", "client_against_nghttpd_h2c") {
+        return;
+    }
+    let dir = temp_dir("nghttpd-h2c");
+    let port = free_port();
+    let _peer = nghttpd(&dir, port, None);
+    client_against_nghttpd(&dir, port, None);
+}
+
+#[test]
+fn client_against_nghttpd_tls() {
+    if !tool("nghttpd", "client_against_nghttpd_tls") {
+        return;
+    }
+    let dir = temp_dir("nghttpd-tls");
+    let cert = make_cert(&dir);
+    let port = free_port();
+    let _peer = nghttpd(&dir, port, Some(&cert));
+    client_against_nghttpd(&dir, port, Some(&cert.1));
+}
