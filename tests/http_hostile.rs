@@ -50,8 +50,11 @@ fn connect(port: u16) -> TcpStream {
     s
 }
 
-/// Frames read until the peer closes or `wait` passes: (type, flags, stream, payload).
-fn read_frames(stream: &mut TcpStream, wait: Duration) -> (Vec<(u8, u8, u32, Vec<u8>)>, bool) {
+/// One frame read back: (type, flags, stream, payload).
+type Frame = (u8, u8, u32, Vec<u8>);
+
+/// Frames read until the peer closes or `wait` passes, and whether it closed.
+fn read_frames(stream: &mut TcpStream, wait: Duration) -> (Vec<Frame>, bool) {
     let deadline = Instant::now() + wait;
     let mut buf = Vec::new();
     let mut closed = false;
