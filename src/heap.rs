@@ -15,6 +15,18 @@ use crate::error::{ErrorData, Span};
 use crate::symbol::Sym;
 use crate::value::Value;
 
+/// An internal invariant was broken: a handle named the wrong kind of
+/// object. Never reachable from Valkyria source.
+#[cold]
+#[inline(never)]
+fn wrong_kind(expected: &str, found: &Object) -> ! {
+    panic!(
+        "heap: expected {}, found {}",
+        expected,
+        crate::value::object_kind(found)
+    )
+}
+
 /// A handle to a heap object.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct Gc(NonZeroU32);
@@ -236,95 +248,77 @@ impl Heap {
         &self.objects[g.index()]
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn cons(&self, g: Gc) -> &Cons {
         match &self.objects[g.index()] {
             Object::Cons(c) => c,
-            other => panic!(
-                "heap: expected cons, found {}",
-                crate::value::object_kind(other)
-            ),
+            other => wrong_kind("cons", other),
         }
     }
 
     pub fn string(&self, g: Gc) -> &str {
         match &self.objects[g.index()] {
             Object::Str(s) => s,
-            other => panic!(
-                "heap: expected string, found {}",
-                crate::value::object_kind(other)
-            ),
+            other => wrong_kind("string", other),
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn lambda(&self, g: Gc) -> &Lambda {
         match &self.objects[g.index()] {
             Object::Lambda(l) => l,
-            other => panic!(
-                "heap: expected lambda, found {}",
-                crate::value::object_kind(other)
-            ),
+            other => wrong_kind("lambda", other),
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn scope(&self, g: Gc) -> &Scope {
         match &self.objects[g.index()] {
             Object::Scope(s) => s,
-            other => panic!(
-                "heap: expected scope, found {}",
-                crate::value::object_kind(other)
-            ),
+            other => wrong_kind("scope", other),
         }
     }
 
     /// Mutable access to a scope. This is the write barrier: an old scope
     /// that is written may now point at young objects, so it is
     /// remembered for the next minor collection.
-    #[inline]
+    #[inline(always)]
     pub fn scope_mut(&mut self, g: Gc) -> &mut Scope {
-        let flags = &mut self.flags[g.index()];
-        if *flags & (OLD | REMEMBERED) == OLD {
-            *flags |= REMEMBERED;
-            self.remembered.push(g);
+        let i = g.index();
+        if self.flags[i] & (OLD | REMEMBERED) == OLD {
+            self.remember(g);
         }
-        match &mut self.objects[g.index()] {
+        match &mut self.objects[i] {
             Object::Scope(s) => s,
-            other => panic!(
-                "heap: expected scope, found {}",
-                crate::value::object_kind(other)
-            ),
+            other => wrong_kind("scope", other),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn remember(&mut self, g: Gc) {
+        self.flags[g.index()] |= REMEMBERED;
+        self.remembered.push(g);
     }
 
     pub fn error(&self, g: Gc) -> &ErrorData {
         match &self.objects[g.index()] {
             Object::Error(e) => e,
-            other => panic!(
-                "heap: expected error, found {}",
-                crate::value::object_kind(other)
-            ),
+            other => wrong_kind("error", other),
         }
     }
 
     pub fn error_mut(&mut self, g: Gc) -> &mut ErrorData {
         match &mut self.objects[g.index()] {
             Object::Error(e) => e,
-            other => panic!(
-                "heap: expected error, found {}",
-                crate::value::object_kind(other)
-            ),
+            other => wrong_kind("error", other),
         }
     }
 
     pub fn host_ref(&self, g: Gc) -> &dyn HostObject {
         match &self.objects[g.index()] {
             Object::Ref(r) => r.as_ref(),
-            other => panic!(
-                "heap: expected ref, found {}",
-                crate::value::object_kind(other)
-            ),
+            other => wrong_kind("ref", other),
         }
     }
 
