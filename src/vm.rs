@@ -731,6 +731,13 @@ impl Vm {
                 other => self.finish(other).map(Err),
             };
         }
+        self.push_args(f, call, env).map(Ok)
+    }
+
+    /// Pushes `f` and the call's evaluated arguments; returns where they
+    /// start on the stack.
+    #[inline]
+    fn push_args(&mut self, f: Value, call: &crate::compile::Call, env: Env) -> Result<usize, Gc> {
         let base = self.stack.len();
         self.stack.push(f);
         for arg in call.args.iter() {
@@ -742,7 +749,7 @@ impl Vm {
                 }
             }
         }
-        Ok(Ok(base))
+        Ok(base)
     }
 
     #[inline]
@@ -754,17 +761,7 @@ impl Vm {
         if !f.is_function() {
             return self.exec_sequence(f, call, env, tail);
         }
-        let base = self.stack.len();
-        self.stack.push(f);
-        for arg in call.args.iter() {
-            match self.eval(arg, env) {
-                Ok(v) => self.stack.push(v),
-                Err(e) => {
-                    self.stack.truncate(base);
-                    return Err(e);
-                }
-            }
-        }
+        let base = self.push_args(f, call, env)?;
         Ok(Flow::Call {
             base,
             env,
