@@ -1219,7 +1219,12 @@ impl Vm {
                     if proto.rest.is_none() && total > nfixed {
                         self.stack.truncate(base);
                         let e = self.error_at(
-                            format!("expected {} arguments, got {}", nfixed, total),
+                            format!(
+                                "expected {} argument{}, got {}",
+                                nfixed,
+                                if nfixed == 1 { "" } else { "s" },
+                                total
+                            ),
                             span,
                         );
                         return Err(self.trace(e, name, span));
