@@ -10,10 +10,11 @@
 //! order they were started in.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::task::Waker;
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,7 +23,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch, Semaphore};
@@ -287,6 +288,29 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, acceptor: Optio
 
 // ---- connections ----------------------------------------------------------
 
+/// Runs a stream's task once in place before spawning it: a response that
+/// is ready at once (the demo handler, errors) is queued on the connection
+/// in the same pass that read the request, so the responses to a batch of
+/// requests leave in one write, with no task to schedule.
+#[derive(Clone, Copy)]
+struct FirstPoll;
+
+impl<F> hyper::rt::Executor<F> for FirstPoll
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, task: F) {
+        let mut task = Box::pin(task);
+        // A task that is not done re-registers its real waker when the
+        // runtime polls it.
+        let mut cx = Context::from_waker(Waker::noop());
+        if task.as_mut().poll(&mut cx).is_pending() {
+            tokio::spawn(task);
+        }
+    }
+}
+
 /// What a connection's timers need to know.
 struct Activity {
     started: Instant,
@@ -353,7 +377,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = Limits::get();
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    let mut builder = hyper::server::conn::http2::Builder::new(FirstPoll);
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_streams)
