@@ -741,7 +741,13 @@ impl Vm {
         let base = self.stack.len();
         self.stack.push(f);
         for arg in call.args.iter() {
-            match self.eval(arg, env) {
+            // Slots and constants need no recursive evaluation.
+            let value = match arg {
+                Code::Local(slot) => Ok(self.local(env, *slot)),
+                Code::Const(v) => Ok(*v),
+                other => self.eval(other, env),
+            };
+            match value {
                 Ok(v) => self.stack.push(v),
                 Err(e) => {
                     self.stack.truncate(base);
@@ -831,7 +837,11 @@ impl Vm {
         node: &Inline<crate::compile::PrimNode>,
         env: Env,
     ) -> Result<Value, Gc> {
-        let left = self.eval(&node.node.left, env)?;
+        let left = match &node.node.left {
+            Code::Const(v) => *v,
+            Code::Local(slot) => self.local(env, *slot),
+            other => self.eval(other, env)?,
+        };
         let right = match &node.node.right {
             Code::Const(v) => *v,
             Code::Local(slot) => self.local(env, *slot),
