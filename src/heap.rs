@@ -343,6 +343,23 @@ impl Heap {
         }))
     }
 
+    /// A cons cell allocated straight into the old generation, for large
+    /// fresh lists of immediate values (their cells point only at each
+    /// other), so that building one does not make a long minor collection.
+    pub fn cons_cell_old(&mut self, head: Value, tail: Option<Gc>) -> Gc {
+        debug_assert!(
+            head.list_cell().is_none()
+                && !matches!(head, Value::Str(_) | Value::Lambda(_) | Value::Ref(_))
+        );
+        let g = self.cons_cell(head, tail, Span::NONE);
+        if self.young.last() == Some(&g) {
+            self.young.pop();
+            self.flags[g.index()] = OLD;
+            self.old_bytes += CONS_BYTES;
+        }
+        g
+    }
+
     /// Builds a Q-expression from values.
     pub fn qlist(&mut self, items: &[Value]) -> Value {
         match self.list_cells(items.iter().map(|v| (*v, Span::NONE)).rev(), None) {
@@ -500,10 +517,28 @@ impl Heap {
             // the borrow checker; objects are never moved.
             match &self.objects[g.index()] {
                 Object::Cons(c) => {
-                    let (head, tail) = (c.head, c.tail);
-                    self.mark_value(head);
-                    if let Some(t) = tail {
-                        self.mark(t);
+                    // Follow the tail chain here rather than through the
+                    // gray stack: lists are long and mostly cons cells.
+                    let (mut head, mut tail) = (c.head, c.tail);
+                    loop {
+                        self.mark_value(head);
+                        let Some(t) = tail else { break };
+                        let i = t.index();
+                        let flags = self.flags[i];
+                        if flags & MARKED != 0 || (self.minor && flags & OLD != 0) {
+                            break;
+                        }
+                        self.flags[i] = flags | MARKED;
+                        match &self.objects[i] {
+                            Object::Cons(next) => {
+                                head = next.head;
+                                tail = next.tail;
+                            }
+                            _ => {
+                                self.gray.push(t);
+                                break;
+                            }
+                        }
                     }
                 }
                 Object::Lambda(l) => {

@@ -18,6 +18,8 @@ pub fn register(vm: &mut Vm) {
 
 /// The most elements `range` will build in one call.
 const RANGE_LIMIT: i64 = 100_000_000;
+/// Lists of immediates at least this long are allocated old.
+const PRETENURE_CELLS: i64 = 1 << 16;
 /// Heap bytes one list cell accounts for.
 const CELL_BYTES: usize = 48;
 
@@ -193,9 +195,16 @@ builtin!(
         vm.reserve((b - a) as usize * CELL_BYTES)?;
         let mut cell = None;
         let mut i = b;
+        // A large range goes straight to the old generation (it holds only
+        // Numbers), so building it does not make one long minor collection.
+        let pretenure = b - a >= PRETENURE_CELLS;
         while i > a {
             i -= 1;
-            cell = Some(vm.heap.cons_cell(Value::Num(i), cell, Span::NONE));
+            cell = Some(if pretenure {
+                vm.heap.cons_cell_old(Value::Num(i), cell)
+            } else {
+                vm.heap.cons_cell(Value::Num(i), cell, Span::NONE)
+            });
         }
         ret(q_of(cell))
     }
