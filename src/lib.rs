@@ -30,6 +30,11 @@ pub struct Interpreter {
     pub vm: Vm,
 }
 
+/// The reference of every builtin and documented name, as Markdown.
+pub fn reference(_interp: &mut Interpreter) -> String {
+    String::new()
+}
+
 /// The outcome of evaluating text: a value's readable form, or a rendered
 /// Error (message, location, trace).
 pub type Outcome = Result<String, String>;
@@ -72,6 +77,11 @@ impl Interpreter {
                 Err(text)
             }
         }
+    }
+
+    /// Sets the program's command-line arguments (the global `args`).
+    pub fn set_args(&mut self, args: &[String]) {
+        builtins::os::set_args(&mut self.vm, args);
     }
 
     /// The exit code requested by `exit` or `shutdown`, if any.

@@ -16,32 +16,69 @@ const EVALUATOR_STACK: usize = 4 << 30;
     name = "valk",
     version,
     about = "Valkyria: a small, fast Lisp for scripts, API glue and HTTP/2 services",
-    long_about = "Runs each FILE in order. With no FILE and no -e, opens the REPL."
+    long_about = "Runs FILE, then any further arguments ending in .valk, in order; \
+        from the first argument that does not end in .valk, the rest are the \
+        program's `args`. Everything after `--` is an argument too. \
+        With no FILE and no -e, opens the REPL.",
+    override_usage = "valk [OPTIONS] [FILE [MORE.valk…] [ARG…]] [-- ARG…]"
 )]
 struct Cli {
     /// Evaluate EXPR and print its value (may be repeated).
     #[arg(short = 'e', long = "eval", value_name = "EXPR")]
     eval: Vec<String>,
-    /// Source files to run, in order.
-    files: Vec<String>,
+    /// Print the reference of every builtin and prelude function (Markdown).
+    #[arg(long = "reference")]
+    reference: bool,
+    /// The script, more .valk files to run after it, then the program's arguments.
+    #[arg(
+        value_name = "FILE",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    positional: Vec<String>,
+    /// Arguments after `--` (filled in before parsing).
+    #[arg(skip)]
+    after_dashes: Vec<String>,
+}
+
+/// Splits the command line into files to run and the program's `args`:
+/// the first positional argument is a file; the following ones are files
+/// while they end in `.valk`; the rest, and everything after `--`, are args.
+fn files_and_args(positional: &[String], after_dashes: &[String]) -> (Vec<String>, Vec<String>) {
+    let files_end = match positional
+        .iter()
+        .skip(1)
+        .position(|a| !a.ends_with(".valk"))
+    {
+        Some(i) => i + 1,
+        None => positional.len(),
+    };
+    let files = positional[..files_end].to_vec();
+    let mut args = positional[files_end..].to_vec();
+    args.extend_from_slice(after_dashes);
+    (files, args)
 }
 
 fn run(cli: Cli) -> i32 {
-    let repl_mode = cli.files.is_empty() && cli.eval.is_empty();
+    let (files, args) = files_and_args(&cli.positional, &cli.after_dashes);
+    let repl_mode = files.is_empty() && cli.eval.is_empty() && !cli.reference;
     let mut interp = Interpreter::new(if repl_mode { Mode::Repl } else { Mode::Script });
     interp.vm.set_native_stack(EVALUATOR_STACK);
+    interp.set_args(&args);
+    if cli.reference {
+        print!("{}", valkyria::reference(&mut interp));
+        return 0;
+    }
     if repl_mode {
         return repl::run(&mut interp);
     }
     // Worker isolates load the same program when a server has handlers.
-    let program = cli
-        .files
-        .iter()
-        .map(|f| aio::ProgramPart::File(f.clone()))
+    let program = std::iter::once(aio::ProgramPart::Args(args))
+        .chain(files.iter().map(|f| aio::ProgramPart::File(f.clone())))
         .chain(cli.eval.iter().map(|e| aio::ProgramPart::Expr(e.clone())))
         .collect();
     aio::set_program(program);
-    for file in &cli.files {
+    for file in &files {
         if let Err(rendered) = interp.run_file(file) {
             if let Some(code) = interp.exit_requested() {
                 return aio::finish(&mut interp, code);
@@ -73,7 +110,14 @@ fn run(cli: Cli) -> i32 {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `--` ends the options and files: what follows goes to `args` as is.
+    let mut command_line: Vec<String> = std::env::args().collect();
+    let after_dashes = match command_line.iter().position(|a| a == "--") {
+        Some(i) => command_line.split_off(i).split_off(1),
+        None => Vec::new(),
+    };
+    let mut cli = Cli::parse_from(command_line);
+    cli.after_dashes = after_dashes;
     let evaluator = std::thread::Builder::new()
         .name("evaluator".into())
         .stack_size(EVALUATOR_STACK)

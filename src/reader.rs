@@ -285,6 +285,12 @@ pub fn read_all(
         col: 1,
         file,
     };
+    // A `#!` first line lets a script be run directly (`#!/usr/bin/env valk`).
+    if src.starts_with("#!") {
+        while lx.pos < lx.src.len() && lx.src[lx.pos] != b'\n' {
+            lx.bump();
+        }
+    }
     let mut top: Vec<(Value, Span)> = Vec::new();
     let mut stack: Vec<Open> = Vec::new();
     loop {

@@ -107,6 +107,8 @@ pub struct Vm {
     /// it unwinds to the top level.
     uncatchable: Option<Gc>,
     pub start: Instant,
+    /// State of the standard library: modules, documentation, arguments.
+    pub library: crate::builtins::Library,
 }
 
 #[inline(always)]
@@ -152,6 +154,7 @@ impl Vm {
             exit_code: None,
             uncatchable: None,
             start: Instant::now(),
+            library: Default::default(),
         };
         crate::builtins::register_all(&mut vm);
         let form = |vm: &mut Vm, name: &str| {

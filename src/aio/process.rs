@@ -25,6 +25,8 @@ use crate::Interpreter;
 pub enum ProgramPart {
     File(String),
     Expr(String),
+    /// The program's command-line arguments (the global `args`).
+    Args(Vec<String>),
 }
 
 static PROGRAM: Mutex<Vec<ProgramPart>> = Mutex::new(Vec::new());
@@ -185,6 +187,10 @@ fn run_worker(index: usize, program: &[ProgramPart]) {
         let result = match part {
             ProgramPart::File(path) => interp.run_file(path),
             ProgramPart::Expr(text) => interp.eval_str(text, "<eval>"),
+            ProgramPart::Args(args) => {
+                interp.set_args(args);
+                Ok(Value::Unit)
+            }
         };
         if interp.vm.exit_code.take().is_some() {
             break;

@@ -13,6 +13,7 @@ pub mod gc;
 pub mod http;
 pub mod io;
 pub mod list;
+pub mod os;
 pub mod string;
 
 /// Declares a builtin: `builtin!(NAME, "name", "(sig)", "doc", |vm, args, env| body)`.
@@ -38,15 +39,39 @@ macro_rules! builtin {
 }
 pub(crate) use builtin;
 
+/// A family's `register()`: binds its builtins.
+pub type Register = fn(&mut Vm);
+
+/// Every family: its title in the reference, and its `register()`.
+pub const FAMILIES: &[(&str, Register)] = &[
+    (
+        "Core: definition, control flow, evaluation, process",
+        core::register,
+    ),
+    ("Arithmetic and comparison", arith::register),
+    ("Lists", list::register),
+    ("Strings", string::register),
+    ("Input and output", io::register),
+    ("Files, environment and arguments", os::register),
+    ("Memory", gc::register),
+    ("HTTP/2", http::register),
+];
+
+/// What the standard library keeps per interpreter.
+#[derive(Default)]
+pub struct Library {
+    /// Each family's title and the ids of its builtins, in registration order.
+    pub families: Vec<(&'static str, std::ops::Range<usize>)>,
+}
+
 /// Binds every builtin of every family.
 pub fn register_all(vm: &mut Vm) {
-    core::register(vm);
-    arith::register(vm);
-    list::register(vm);
-    string::register(vm);
-    io::register(vm);
-    gc::register(vm);
-    http::register(vm);
+    for &(title, register) in FAMILIES {
+        let start = vm.builtins.len();
+        register(vm);
+        let end = vm.builtins.len();
+        vm.library.families.push((title, start..end));
+    }
 }
 
 pub fn define_all(vm: &mut Vm, builtins: &[Builtin]) {

@@ -1,0 +1,90 @@
+//! The `valk` command line: which arguments are files to run and which
+//! become the program's `args`, `--`, `-e`, and `#!` scripts.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// A scratch directory with the given files; removed by the caller.
+fn scratch(name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("valk-cli-{}-{}", name, std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (file, text) in files {
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+    dir
+}
+
+/// Runs `valk` in `dir` with `args`; returns (status, stdout, stderr).
+fn valk(dir: &PathBuf, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_valk"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("cannot run valk");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn arguments_after_the_script_are_args() {
+    let dir = scratch(
+        "args",
+        &[
+            ("main.valk", "(print \"main\" args)"),
+            ("more.valk", "(print \"more\" (len args))"),
+        ],
+    );
+    let run = |args: &[&str]| valk(&dir, args).1;
+    assert_eq!(run(&["main.valk"]), "main {}\n");
+    assert_eq!(
+        run(&["main.valk", "a", "b c", "-x", "--flag"]),
+        "main {\"a\" \"b c\" \"-x\" \"--flag\"}\n"
+    );
+    // Further .valk files run in order, until the first other argument.
+    assert_eq!(
+        run(&["main.valk", "more.valk", "x"]),
+        "main {\"x\"}\nmore 1\n"
+    );
+    assert_eq!(
+        run(&["main.valk", "x", "more.valk"]),
+        "main {\"x\" \"more.valk\"}\n"
+    );
+    // `--` ends the files; everything after it is an argument.
+    assert_eq!(
+        run(&["main.valk", "--", "more.valk", "-e"]),
+        "main {\"more.valk\" \"-e\"}\n"
+    );
+    assert_eq!(run(&["main.valk", "a", "--", "b"]), "main {\"a\" \"b\"}\n");
+    assert_eq!(run(&["-e", "(len args)", "--", "p", "q"]), "2\n");
+    assert_eq!(run(&["-e", "args"]), "{}\n");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_missing_script_is_an_error() {
+    let dir = scratch("missing", &[]);
+    let (status, _, stderr) = valk(&dir, &["nope.valk", "arg"]);
+    assert_eq!(status, 1);
+    assert!(stderr.contains("cannot read `nope.valk`"), "{}", stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_shebang_line_is_skipped() {
+    let dir = scratch(
+        "shebang",
+        &[(
+            "tool",
+            "#!/usr/bin/env valk\n(print \"ran\" args)\n(error \"line 3\")\n",
+        )],
+    );
+    let (status, stdout, stderr) = valk(&dir, &["tool", "x"]);
+    assert_eq!(status, 1);
+    assert_eq!(stdout, "ran {\"x\"}\n");
+    assert!(stderr.contains("tool:3:"), "{}", stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}
