@@ -288,7 +288,12 @@ impl<'a> Compiler<'a> {
     fn constant(&mut self, v: Value) -> Code {
         if matches!(
             v,
-            Value::Q(_) | Value::S(_) | Value::Str(_) | Value::Lambda(_) | Value::Ref(_)
+            Value::Q(_)
+                | Value::S(_)
+                | Value::Str(_)
+                | Value::Lambda(_)
+                | Value::Map(_)
+                | Value::Ref(_)
         ) {
             self.constants.push(v);
         }

@@ -1,5 +1,5 @@
-//! The traced heap: every list cell, string, lambda, scope, error and host
-//! object lives here and is reached through a `Gc` handle. Collection is
+//! The traced heap: every list cell, string, lambda, scope, error, map and
+//! host object lives here and is reached through a `Gc` handle. Collection is
 //! mark-and-sweep, run only at safe points chosen by the VM, which supplies
 //! the roots. Owns allocation, the collector and `gc/stats` numbers.
 
@@ -12,6 +12,7 @@ use smallvec::SmallVec;
 
 use crate::compile::Proto;
 use crate::error::{ErrorData, Span};
+use crate::map::Entries;
 use crate::symbol::Sym;
 use crate::value::Value;
 
@@ -95,6 +96,7 @@ pub enum Object {
     Lambda(Box<Lambda>),
     Scope(Box<Scope>),
     Error(Box<ErrorData>),
+    Map(Box<Entries>),
     Ref(Box<dyn HostObject>),
 }
 
@@ -150,6 +152,8 @@ const OLD: u8 = 2;
 const REMEMBERED: u8 = 4;
 /// Heap bytes a scope accounts for.
 const SCOPE_BYTES: usize = std::mem::size_of::<Object>() + std::mem::size_of::<Scope>();
+/// Heap bytes one map entry accounts for while the map is live.
+pub const MAP_ENTRY_BYTES: usize = 64;
 /// Freed scope boxes kept for reuse, so calls rarely reach the allocator.
 const SCOPE_POOL_LIMIT: usize = 1 << 20;
 
@@ -191,13 +195,22 @@ impl Heap {
                         }
                 }
                 Object::Error(e) => e.message.len() + 64,
+                Object::Map(m) => m.size() * MAP_ENTRY_BYTES,
                 Object::Ref(_) => 64,
                 _ => 0,
             }
     }
 
+    #[inline]
     pub fn alloc(&mut self, obj: Object) -> Gc {
         let size = Self::object_bytes(&obj);
+        self.alloc_sized(obj, size)
+    }
+
+    /// Allocates an object that accounts for `size` new bytes (less than
+    /// its full size when it shares structure with an existing object).
+    #[inline]
+    pub fn alloc_sized(&mut self, obj: Object, size: usize) -> Gc {
         self.bytes += size;
         self.allocated_since_gc += size;
         self.live += 1;
@@ -315,6 +328,16 @@ impl Heap {
         }
     }
 
+    pub fn map(&self, g: Gc) -> &Entries {
+        match &self.objects[g.index()] {
+            Object::Map(m) => m,
+            other => panic!(
+                "heap: expected map, found {}",
+                crate::value::object_kind(other)
+            ),
+        }
+    }
+
     pub fn host_ref(&self, g: Gc) -> &dyn HostObject {
         match &self.objects[g.index()] {
             Object::Ref(r) => r.as_ref(),
@@ -326,6 +349,12 @@ impl Heap {
 
     pub fn string_value(&mut self, s: &str) -> Value {
         Value::Str(self.alloc(Object::Str(s.into())))
+    }
+
+    /// A Map value of `entries`, accounting `new_bytes` as newly allocated
+    /// (entries shared with another map are not counted again).
+    pub fn map_value(&mut self, entries: Entries, new_bytes: usize) -> Value {
+        Value::Map(self.alloc_sized(Object::Map(Box::new(entries)), new_bytes))
     }
 
     /// Prepends `head` to the list starting at `tail`.
@@ -477,9 +506,12 @@ impl Heap {
     #[inline]
     pub fn mark_value(&mut self, v: Value) {
         match v {
-            Value::Q(g) | Value::S(g) | Value::Str(g) | Value::Lambda(g) | Value::Ref(g) => {
-                self.mark(g)
-            }
+            Value::Q(g)
+            | Value::S(g)
+            | Value::Str(g)
+            | Value::Lambda(g)
+            | Value::Map(g)
+            | Value::Ref(g) => self.mark(g),
             _ => {}
         }
     }
@@ -567,6 +599,12 @@ impl Heap {
                     }
                     if let Some(f) = func {
                         self.mark_proto(&f);
+                    }
+                }
+                Object::Map(m) => {
+                    host_values.extend(m.values().flat_map(|(k, v)| [*k, *v]));
+                    for v in host_values.drain(..) {
+                        self.mark_value(v);
                     }
                 }
                 Object::Ref(r) => {

@@ -22,6 +22,8 @@ pub enum Value {
     Str(Gc),
     Lambda(Gc),
     Builtin(u32),
+    /// A persistent hash map (see map.rs).
+    Map(Gc),
     Ref(Gc),
 }
 
@@ -35,6 +37,7 @@ impl Value {
             Value::Unit | Value::S(_) => "S-expression",
             Value::Str(_) => "String",
             Value::Lambda(_) | Value::Builtin(_) => "Function",
+            Value::Map(_) => "Map",
             Value::Ref(_) => "Ref",
         }
     }
@@ -70,6 +73,7 @@ impl Value {
             | (Value::S(a), Value::S(b))
             | (Value::Str(a), Value::Str(b))
             | (Value::Lambda(a), Value::Lambda(b))
+            | (Value::Map(a), Value::Map(b))
             | (Value::Ref(a), Value::Ref(b)) => a == b,
             (Value::Builtin(a), Value::Builtin(b)) => a == b,
             _ => false,
@@ -195,11 +199,37 @@ impl<'a> Printer<'a> {
                 self.write_depth(lambda.proto.body_value, true, depth + 1);
                 self.out.push(')');
             }
+            Value::Map(g) => self.write_map(g, depth),
             Value::Ref(g) => {
                 let text = self.heap.host_ref(g).describe();
                 self.out.push_str(&text);
             }
         }
+    }
+
+    /// A map prints as the call that makes it, keys in order:
+    /// `(map/new "a" 1 "b" 2)`; the empty map is `(map/new {})`.
+    fn write_map(&mut self, g: Gc, depth: usize) {
+        if depth > PRINT_DEPTH_LIMIT {
+            self.out.push_str("...");
+            return;
+        }
+        let entries = crate::map::sorted_entries(self.heap.map(g), self.syms);
+        self.out.push_str("(map/new");
+        if entries.is_empty() {
+            self.out.push_str(" {}");
+        }
+        for (k, v) in entries {
+            if self.truncated() {
+                self.out.push_str(" ...");
+                break;
+            }
+            self.out.push(' ');
+            self.write_depth(k, true, depth + 1);
+            self.out.push(' ');
+            self.write_depth(v, true, depth + 1);
+        }
+        self.out.push(')');
     }
 
     fn write_list(&mut self, mut cell: Option<Gc>, open: char, close: char, depth: usize) {
@@ -228,7 +258,7 @@ impl<'a> Printer<'a> {
 
 /// Structural equality as `==` defines it: lists deeply, strings by content,
 /// numbers numerically across Number and Float, builtins by identity,
-/// lambdas by formals, body and bound arguments.
+/// lambdas by formals, body and bound arguments, maps by their entries.
 pub fn equal(heap: &Heap, a: Value, b: Value) -> bool {
     equal_depth(heap, a, b, 0)
 }
@@ -279,6 +309,15 @@ fn equal_depth(heap: &Heap, a: Value, b: Value, depth: usize) -> bool {
                     .zip(b.bound.iter())
                     .all(|(p, q)| equal_depth(heap, *p, *q, depth + 1))
         }
+        (Value::Map(x), Value::Map(y)) => {
+            let (a, b) = (heap.map(x), heap.map(y));
+            x == y
+                || (a.size() == b.size()
+                    && a.iter().all(|(key, (_, v))| {
+                        b.get(key)
+                            .is_some_and(|(_, w)| equal_depth(heap, *v, *w, depth + 1))
+                    }))
+        }
         _ => a.same(b),
     }
 }
@@ -292,6 +331,7 @@ pub fn object_kind(obj: &Object) -> &'static str {
         Object::Lambda(_) => "lambda",
         Object::Scope(_) => "scope",
         Object::Error(_) => "error",
+        Object::Map(_) => "map",
         Object::Ref(_) => "ref",
     }
 }

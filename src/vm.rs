@@ -387,6 +387,7 @@ impl Vm {
                     | Value::S(g)
                     | Value::Str(g)
                     | Value::Lambda(g)
+                    | Value::Map(g)
                     | Value::Ref(g) => self.heap.mark(g),
                     _ => {}
                 }

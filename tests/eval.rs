@@ -132,3 +132,18 @@ fn collector_reclaims_garbage() {
     let live: i64 = out.parse().expect("a number");
     assert!(live < 20_000, "live objects after collection: {live}");
 }
+
+#[test]
+fn a_printed_map_evaluates_back_to_an_equal_map() {
+    let mut i = Interpreter::new(Mode::Repl);
+    let shown = i
+        .eval_to_string("(def {m} (map/new \"b\" {1 2.5} 3 (map/new {}) \"a\" \"x\\ny\")) m")
+        .unwrap();
+    assert_eq!(
+        shown,
+        "(map/new 3 (map/new {}) \"a\" \"x\\ny\" \"b\" {1 2.5})"
+    );
+    let again = i.eval_to_string(&format!("(== m {})", shown)).unwrap();
+    assert_eq!(again, "1");
+    assert_eq!(run("(type (map/new {}))"), "\"Map\"");
+}

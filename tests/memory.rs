@@ -79,3 +79,15 @@ fn short_lived_lists_are_collected() {
     assert_eq!(out, "ok");
     assert!(mb < 100, "peak RSS {mb} MiB");
 }
+
+#[test]
+fn discarded_map_versions_are_collected() {
+    // Each step makes new versions of a 1001-entry map and drops the old.
+    let src = "(fun {fill m n} {if (== n 0) {m} {fill (map/put m n n) (- n 1)}})\n\
+               (def {base} (fill (map/new {}) 1000))\n\
+               (fun {go m n} {if (== n 0) {map/len m} {go (map/put (map/remove m (% n 1000)) (% n 1000) n) (- n 1)}})\n\
+               (print (go base 300000))\n";
+    let (out, mb) = run_measured(src);
+    assert_eq!(out, "1001");
+    assert!(mb < 150, "peak RSS {mb} MiB");
+}

@@ -273,7 +273,7 @@ builtin!(
     }
 );
 
-builtin!(TYPE, "type", "(type v)", "The type name of v as a String: Number, Float, String, Symbol, S-expression, Q-expression, Function or Ref.", |vm, args, env| {
+builtin!(TYPE, "type", "(type v)", "The type name of v as a String: Number, Float, String, Symbol, S-expression, Q-expression, Function, Map or Ref.", |vm, args, env| {
     arity(vm, "type", args, 1, 1)?;
     let name = args[0].type_name();
     ret(vm.heap.string_value(name))

@@ -13,6 +13,7 @@ pub mod gc;
 pub mod http;
 pub mod io;
 pub mod list;
+pub mod map;
 pub mod os;
 pub mod string;
 
@@ -51,6 +52,7 @@ pub const FAMILIES: &[(&str, Register)] = &[
     ("Arithmetic and comparison", arith::register),
     ("Lists", list::register),
     ("Strings", string::register),
+    ("Maps", map::register),
     ("Input and output", io::register),
     ("Files, environment and arguments", os::register),
     ("Memory", gc::register),
