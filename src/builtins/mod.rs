@@ -12,6 +12,7 @@ pub mod core;
 pub mod gc;
 pub mod http;
 pub mod io;
+pub mod json;
 pub mod list;
 pub mod map;
 pub mod os;
@@ -53,6 +54,7 @@ pub const FAMILIES: &[(&str, Register)] = &[
     ("Lists", list::register),
     ("Strings", string::register),
     ("Maps", map::register),
+    ("JSON", json::register),
     ("Input and output", io::register),
     ("Files, environment and arguments", os::register),
     ("Memory", gc::register),
