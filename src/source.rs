@@ -36,7 +36,8 @@ impl Vm {
     }
 
     /// Reads a file and runs it. Unreadable and non-UTF-8 files are Errors
-    /// naming the path and the reason.
+    /// naming the path and the reason. While it runs, the file is on the
+    /// stack of files being loaded (for `import`'s cycle check).
     pub fn load_file(&mut self, path: &str) -> Result<Value, Gc> {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
@@ -52,7 +53,13 @@ impl Vm {
                 )))
             }
         };
-        self.run_source(&text, path)
+        let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.into());
+        let loading = &mut self.library.modules.loading;
+        loading.push((canonical, path.to_string()));
+        let depth = loading.len();
+        let result = self.run_source(&text, path);
+        self.library.modules.loading.truncate(depth - 1);
+        result
     }
 
     /// Compiles and runs one value as code.

@@ -1,5 +1,6 @@
 //! The `valk` command line: which arguments are files to run and which
-//! become the program's `args`, `--`, `-e`, and `#!` scripts.
+//! become the program's `args`, `--`, `-e`, `#!` scripts, and where
+//! `import` looks (next to the importing file, then `VALK_PATH`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -17,11 +18,17 @@ fn scratch(name: &str, files: &[(&str, &str)]) -> PathBuf {
 
 /// Runs `valk` in `dir` with `args`; returns (status, stdout, stderr).
 fn valk(dir: &PathBuf, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_valk"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("cannot run valk");
+    valk_with(dir, args, None)
+}
+
+/// Runs `valk` with `VALK_PATH` set to `search` (unset when `None`).
+fn valk_with(dir: &PathBuf, args: &[&str], search: Option<&str>) -> (i32, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_valk"));
+    command.args(args).current_dir(dir).env_remove("VALK_PATH");
+    if let Some(search) = search {
+        command.env("VALK_PATH", search);
+    }
+    let out = command.output().expect("cannot run valk");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -86,5 +93,46 @@ fn a_shebang_line_is_skipped() {
     assert_eq!(status, 1);
     assert_eq!(stdout, "ran {\"x\"}\n");
     assert!(stderr.contains("tool:3:"), "{}", stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn import_looks_next_to_the_importer_then_in_valk_path() {
+    let dir = scratch(
+        "import",
+        &[
+            ("main.valk", "(import \"app/mod\") (print (twice 4) shared)"),
+            ("local.valk", "(def {local} \"from the current directory\")"),
+        ],
+    );
+    std::fs::create_dir_all(dir.join("app")).unwrap();
+    std::fs::create_dir_all(dir.join("lib1")).unwrap();
+    std::fs::create_dir_all(dir.join("lib2")).unwrap();
+    // app/mod.valk imports "helpers": not next to it, so from VALK_PATH.
+    std::fs::write(dir.join("app/mod.valk"), "(import \"helpers\")").unwrap();
+    std::fs::write(
+        dir.join("lib2/helpers.valk"),
+        "(fun {twice x} {* 2 x}) (import \"shared.valk\")",
+    )
+    .unwrap();
+    std::fs::write(dir.join("lib2/shared.valk"), "(def {shared} \"lib2\")").unwrap();
+    std::fs::write(dir.join("lib1/shared.valk"), "(def {shared} \"lib1\")").unwrap();
+
+    let (status, stdout, stderr) = valk_with(&dir, &["main.valk"], Some("lib1:lib2"));
+    assert_eq!(status, 0, "{}", stderr);
+    // shared.valk is found next to helpers.valk (lib2) before VALK_PATH's lib1.
+    assert_eq!(stdout, "8 lib2\n");
+
+    let (status, _, stderr) = valk_with(&dir, &["main.valk"], None);
+    assert_eq!(status, 1);
+    assert!(
+        stderr.contains("`import` cannot find `helpers`"),
+        "{}",
+        stderr
+    );
+
+    // From -e (no file), relative imports start in the current directory.
+    let (_, stdout, _) = valk(&dir, &["-e", "(import \"local\")", "-e", "local"]);
+    assert_eq!(stdout, "()\n\"from the current directory\"\n");
     let _ = std::fs::remove_dir_all(&dir);
 }

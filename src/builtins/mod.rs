@@ -15,6 +15,7 @@ pub mod io;
 pub mod json;
 pub mod list;
 pub mod map;
+pub mod module;
 pub mod os;
 pub mod string;
 
@@ -56,6 +57,7 @@ pub const FAMILIES: &[(&str, Register)] = &[
     ("Maps", map::register),
     ("JSON", json::register),
     ("Input and output", io::register),
+    ("Modules", module::register),
     ("Files, environment and arguments", os::register),
     ("Memory", gc::register),
     ("HTTP/2", http::register),
@@ -66,6 +68,8 @@ pub const FAMILIES: &[(&str, Register)] = &[
 pub struct Library {
     /// Each family's title and the ids of its builtins, in registration order.
     pub families: Vec<(&'static str, std::ops::Range<usize>)>,
+    /// Files being loaded and files already imported.
+    pub modules: module::Modules,
 }
 
 /// Binds every builtin of every family.
