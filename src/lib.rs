@@ -31,9 +31,13 @@ pub struct Interpreter {
     pub vm: Vm,
 }
 
-/// The reference of every builtin and documented name, as Markdown.
-pub fn reference(_interp: &mut Interpreter) -> String {
-    String::new()
+/// The reference of every builtin, prelude function and test-module
+/// function, as Markdown (what `valk --reference` prints).
+pub fn reference(interp: &mut Interpreter) -> String {
+    if let Err(e) = interp.vm.run_source(TEST_MODULE, "src/modules/test.valk") {
+        panic!("test module failed to load: {}", interp.vm.render_error(e));
+    }
+    builtins::doc::reference(&interp.vm)
 }
 
 /// The outcome of evaluating text: a value's readable form, or a rendered

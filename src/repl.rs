@@ -1,8 +1,8 @@
 //! The interactive REPL: a rustyline editor with persistent history,
 //! multi-line input until brackets balance, bracket highlighting and
-//! completion of bound names. Ctrl-C abandons the line being typed or
-//! interrupts a running evaluation; Ctrl-D exits. Nothing typed ends the
-//! REPL except `exit`: errors, interrupts and even internal panics are
+//! completion of bound names (help on a name is the `doc` builtin).
+//! Ctrl-C abandons the line being typed or interrupts a running
+//! evaluation; Ctrl-D exits. Nothing typed ends the REPL except `exit`: errors, interrupts and even internal panics are
 //! reported and the session (with its definitions) carries on.
 
 use std::borrow::Cow;
@@ -155,7 +155,7 @@ pub fn run(interp: &mut Interpreter) -> i32 {
         let _ = editor.load_history(p);
     }
     println!(
-        "Valkyria {} — Ctrl-D to exit, Ctrl-C to interrupt",
+        "Valkyria {} — (doc f) describes f, Tab completes names, Ctrl-D exits, Ctrl-C interrupts",
         env!("CARGO_PKG_VERSION")
     );
     let mut code = 0;

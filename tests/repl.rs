@@ -51,6 +51,17 @@ fn repl_session_through_a_pty() -> Result<(), rexpect::error::Error> {
     p.exp_string("40")?;
     p.exp_string(PROMPT)?;
 
+    // Help on a name, and Tab completing a bound name.
+    p.send_line("(doc map)")?;
+    p.exp_string("(map f l)")?;
+    p.exp_string("The list of (f x)")?;
+    p.exp_string(PROMPT)?;
+    p.send("(+ 1 (string/to-num")?;
+    p.send("\t")?;
+    p.send_line(" \"41\"))")?;
+    p.exp_string("42")?;
+    p.exp_string(PROMPT)?;
+
     // Ctrl-D exits.
     p.send_control('d')?;
     p.exp_eof()?;

@@ -9,6 +9,7 @@ use crate::vm::{Builtin, Flow, Vm};
 
 pub mod arith;
 pub mod core;
+pub mod doc;
 pub mod gc;
 pub mod http;
 pub mod io;
@@ -57,6 +58,7 @@ pub const FAMILIES: &[(&str, Register)] = &[
     ("Maps", map::register),
     ("JSON", json::register),
     ("Input and output", io::register),
+    ("Documentation", doc::register),
     ("Modules", module::register),
     ("Files, environment and arguments", os::register),
     ("Memory", gc::register),
@@ -70,6 +72,8 @@ pub struct Library {
     pub families: Vec<(&'static str, std::ops::Range<usize>)>,
     /// Files being loaded and files already imported.
     pub modules: module::Modules,
+    /// Documentation of names that are not builtins.
+    pub docs: doc::Docs,
 }
 
 /// Binds every builtin of every family.
@@ -79,6 +83,7 @@ pub fn register_all(vm: &mut Vm) {
         register(vm);
         let end = vm.builtins.len();
         vm.library.families.push((title, start..end));
+        vm.library.docs.claim_unsourced(title);
     }
 }
 

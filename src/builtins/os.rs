@@ -6,6 +6,7 @@
 
 use std::io::Write;
 
+use super::doc::DocEntry;
 use super::{arity, builtin, define_all, ret, string};
 use crate::heap::Gc;
 use crate::source::io_reason;
@@ -26,6 +27,12 @@ pub fn register(vm: &mut Vm) {
         ],
     );
     set_args(vm, &[]);
+    vm.library.docs.set(DocEntry {
+        name: "args".into(),
+        signature: "args".into(),
+        text: "The program's command-line arguments after the script, as a Q-expression of Strings ({} when none).".into(),
+        source: String::new(),
+    });
 }
 
 /// Binds the global `args` to the program's arguments, as Strings.
