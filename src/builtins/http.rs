@@ -52,11 +52,23 @@ pub fn register(vm: &mut Vm) {
     );
     let isolate = vm.syms.intern("aio/isolate");
     vm.set_global(isolate, Value::Num(0));
+    document(vm, "aio/isolate", "The number of the interpreter isolate running this code: 0 for the main one, 1… for the workers that serve HTTP handlers.");
     if aio::enabled() {
         let system = host_value(vm, AioSystem);
         let sym = vm.syms.intern("aio");
         vm.set_global(sym, system);
     }
+    document(vm, "aio", "The async system (a Ref), bound at startup unless VALK_DISABLE_AIO is set; the first argument of http2/listen and http2/connect.");
+}
+
+/// Documents a global value for `doc` and the reference.
+fn document(vm: &mut Vm, name: &str, text: &str) {
+    vm.library.docs.set(super::doc::DocEntry {
+        name: name.into(),
+        signature: name.into(),
+        text: text.into(),
+        source: String::new(),
+    });
 }
 
 /// `await`'s timeout when none is given.

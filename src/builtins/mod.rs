@@ -62,7 +62,7 @@ pub const FAMILIES: &[(&str, Register)] = &[
     ("Modules", module::register),
     ("Files, environment and arguments", os::register),
     ("Memory", gc::register),
-    ("HTTP/2", http::register),
+    ("Async and HTTP/2", http::register),
 ];
 
 /// What the standard library keeps per interpreter.
