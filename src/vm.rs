@@ -107,7 +107,7 @@ pub struct Vm {
     /// it unwinds to the top level.
     uncatchable: Option<Gc>,
     pub start: Instant,
-    /// State of the standard library: modules, documentation, arguments.
+    /// State of the standard library: builtin families, modules, docs.
     pub library: crate::builtins::Library,
 }
 
