@@ -2,8 +2,6 @@
 //! each in the global scope. Read errors become Error values that carry the
 //! position they name.
 
-use std::rc::Rc;
-
 use crate::heap::Gc;
 use crate::reader;
 use crate::value::Value;
@@ -60,13 +58,6 @@ impl Vm {
         let result = self.run_source(&text, path);
         self.library.modules.loading.truncate(depth - 1);
         result
-    }
-
-    /// Compiles and runs one value as code.
-    pub fn run_value(&mut self, v: Value) -> Result<Value, Gc> {
-        let span = self.span;
-        let proto: Rc<_> = self.compile_eval(v, span, None)?;
-        self.run_proto(proto, None)
     }
 }
 

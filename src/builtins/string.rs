@@ -7,7 +7,7 @@
 use super::{arity, builtin, define_all, number, qexpr, ret, string, type_error};
 use crate::heap::Gc;
 use crate::reader::{classify, Atom};
-use crate::value::{format_float, Value};
+use crate::value::Value;
 use crate::vm::Vm;
 
 pub fn register(vm: &mut Vm) {
@@ -419,11 +419,4 @@ pub fn format(vm: &mut Vm, name: &str, fmt: &str, args: &[Value]) -> Result<Stri
         )));
     }
     Ok(out)
-}
-
-/// Shortest readable float text (re-exported for builtins that print).
-pub fn float_text(f: f64) -> String {
-    let mut s = String::new();
-    format_float(f, &mut s);
-    s
 }
