@@ -18,9 +18,11 @@ use crate::aio::{self, Completion, Payload};
 use crate::heap::{Gc, HostObject, Object};
 use crate::http::client::{self, Client};
 use crate::http::server::{self, Server, Transport};
-use crate::http::{Exchange, RequestData, ResponseData};
+use crate::http::{Exchange, IncomingRequest, OutgoingRequest, ResponseData};
 use crate::value::Value;
 use crate::vm::{Mode, Vm};
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{HeaderMap, Method, StatusCode};
 
 pub fn register(vm: &mut Vm) {
     define_all(
@@ -147,7 +149,56 @@ impl HostObject for ClientRef {
 }
 
 /// A request: one a handler received, or one a script builds to send.
-pub struct RequestRef(RefCell<RequestData>);
+pub enum Request {
+    Incoming(IncomingRequest),
+    Outgoing(OutgoingRequest),
+}
+
+impl Request {
+    fn method(&self) -> &str {
+        match self {
+            Request::Incoming(r) => r.parts.method.as_str(),
+            Request::Outgoing(r) => r.method.as_str(),
+        }
+    }
+    fn path(&self) -> &str {
+        match self {
+            Request::Incoming(r) => r.path(),
+            Request::Outgoing(r) => &r.path,
+        }
+    }
+    fn authority(&self) -> &str {
+        match self {
+            Request::Incoming(r) => r.authority(),
+            Request::Outgoing(r) => &r.authority,
+        }
+    }
+    fn headers(&self) -> &HeaderMap {
+        match self {
+            Request::Incoming(r) => &r.parts.headers,
+            Request::Outgoing(r) => &r.headers,
+        }
+    }
+    fn body(&self) -> &Bytes {
+        match self {
+            Request::Incoming(r) => &r.body,
+            Request::Outgoing(r) => &r.body,
+        }
+    }
+    /// The request as one to send (a received one is copied, so a handler
+    /// can change and forward it).
+    fn outgoing(&mut self) -> &mut OutgoingRequest {
+        if let Request::Incoming(r) = self {
+            *self = Request::Outgoing(OutgoingRequest::from_incoming(r));
+        }
+        match self {
+            Request::Outgoing(r) => r,
+            Request::Incoming(_) => unreachable!("converted above"),
+        }
+    }
+}
+
+pub struct RequestRef(RefCell<Request>);
 
 impl HostObject for RequestRef {
     fn type_name(&self) -> &'static str {
@@ -155,7 +206,7 @@ impl HostObject for RequestRef {
     }
     fn describe(&self) -> String {
         let r = self.0.borrow();
-        format!("<http2_request {} {}>", r.method, r.path)
+        format!("<http2_request {} {}>", r.method(), r.path())
     }
     fn as_any(&self) -> &dyn Any {
         self
@@ -169,7 +220,7 @@ impl HostObject for ResponseRef {
         "http2_response"
     }
     fn describe(&self) -> String {
-        format!("<http2_response {}>", self.0.status)
+        format!("<http2_response {}>", self.0.status.as_u16())
     }
     fn as_any(&self) -> &dyn Any {
         self
@@ -249,23 +300,44 @@ fn text_of(bytes: &Bytes) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// `{{name value} …}` from header pairs.
-fn header_list(vm: &mut Vm, headers: &[(String, String)]) -> Value {
+/// `{{name value} …}` from headers.
+fn header_list(vm: &mut Vm, headers: &HeaderMap) -> Value {
     let mut pairs = Vec::with_capacity(headers.len());
     for (name, value) in headers {
-        let n = vm.heap.string_value(name);
-        let v = vm.heap.string_value(value);
+        let n = vm.heap.string_value(name.as_str());
+        let v = vm
+            .heap
+            .string_value(&String::from_utf8_lossy(value.as_bytes()));
         pairs.push(vm.heap.qlist(&[n, v]));
     }
     vm.heap.qlist(&pairs)
 }
 
+/// A checked header name and value.
+fn header(
+    vm: &mut Vm,
+    name: &str,
+    key: &str,
+    value: &str,
+) -> Result<(HeaderName, HeaderValue), Gc> {
+    if let Err(msg) = server::check_header(key, value) {
+        return Err(vm.error(format!("`{}`: {}", name, msg)));
+    }
+    match (
+        HeaderName::from_bytes(key.as_bytes()),
+        HeaderValue::from_str(value),
+    ) {
+        (Ok(k), Ok(v)) => Ok((k, v)),
+        _ => Err(vm.error(format!("`{}`: invalid header {:?}", name, key))),
+    }
+}
+
 /// Header pairs from `{{name value} …}`; values may be any printable value.
-fn header_pairs(vm: &mut Vm, name: &str, list: Value) -> Result<Vec<(String, String)>, Gc> {
+fn header_pairs(vm: &mut Vm, name: &str, list: Value) -> Result<HeaderMap, Gc> {
     if !list.is_qexpr() {
         return Err(type_error(vm, name, "headers as {{name value} …}", list));
     }
-    let mut out = Vec::new();
+    let mut out = HeaderMap::new();
     for pair in vm.heap.list_items(list) {
         let items = if pair.is_qexpr() {
             vm.heap.list_items(pair)
@@ -277,10 +349,8 @@ fn header_pairs(vm: &mut Vm, name: &str, list: Value) -> Result<Vec<(String, Str
         };
         let key = vm.heap.string(k).to_string();
         let value = vm.format(items[1], false);
-        if let Err(msg) = server::check_header(&key, &value) {
-            return Err(vm.error(format!("`{}`: {}", name, msg)));
-        }
-        out.push((key, value));
+        let (k, v) = header(vm, name, &key, &value)?;
+        out.append(k, v);
     }
     Ok(out)
 }
@@ -519,7 +589,8 @@ builtin!(
             other => vm.format(other, false),
         };
         let data = ResponseData {
-            status: status as u16,
+            status: StatusCode::from_u16(status as u16)
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             headers,
             body: Bytes::from(body),
         };
@@ -532,7 +603,7 @@ fn request_field(
     vm: &mut Vm,
     name: &str,
     args: &[Value],
-    field: fn(&RequestData) -> String,
+    field: fn(&Request) -> String,
 ) -> Result<Value, Gc> {
     arity(vm, name, args, 1, 1)?;
     let text = field(&expect_request(vm, name, args[0])?.0.borrow());
@@ -546,7 +617,7 @@ builtin!(
     "The request's method, e.g. \"GET\".",
     |vm, args, env| {
         ret(request_field(vm, "http2/request-method", args, |r| {
-            r.method.clone()
+            r.method().to_string()
         })?)
     }
 );
@@ -558,7 +629,7 @@ builtin!(
     "The request's path with its query, e.g. \"/items?id=3\".",
     |vm, args, env| {
         ret(request_field(vm, "http2/request-path", args, |r| {
-            r.path.clone()
+            r.path().to_string()
         })?)
     }
 );
@@ -570,7 +641,7 @@ builtin!(
     "The request's :authority (host and port).",
     |vm, args, env| {
         ret(request_field(vm, "http2/request-authority", args, |r| {
-            r.authority.clone()
+            r.authority().to_string()
         })?)
     }
 );
@@ -582,7 +653,7 @@ builtin!(
     "The request's body as a String.",
     |vm, args, env| {
         ret(request_field(vm, "http2/request-body", args, |r| {
-            text_of(&r.body)
+            text_of(r.body())
         })?)
     }
 );
@@ -597,7 +668,7 @@ builtin!(
         let headers = expect_request(vm, "http2/request-headers", args[0])?
             .0
             .borrow()
-            .headers
+            .headers()
             .clone();
         ret(header_list(vm, &headers))
     }
@@ -606,40 +677,54 @@ builtin!(
 /// Runs a Lisp handler on one request and sends its answer back. A handler
 /// Error is logged and answered with 500.
 pub fn serve_exchange(vm: &mut Vm, handler: Value, exchange: Exchange) {
-    if exchange.reply.is_closed() {
-        // The client gave up (stream reset or timeout) before we started.
+    let Exchange { request, reply } = exchange;
+    if reply.is_closed() {
+        // The connection is gone: nobody would read the answer.
         return;
     }
-    let label = format!("{} {}", exchange.request.method, exchange.request.path);
-    let req = host_value(vm, RequestRef(RefCell::new(exchange.request)));
+    let req = host_value(vm, RequestRef(RefCell::new(Request::Incoming(request))));
     let response = match vm.call(handler, &[req], None) {
-        Ok(Value::Str(g)) => ResponseData::text(200, vm.heap.string(g).to_string()),
+        Ok(Value::Str(g)) => ResponseData::text(StatusCode::OK, vm.heap.string(g).to_string()),
         Ok(v) => match host::<ResponseRef>(vm, v) {
             Some(r) => (*r.0).clone(),
             None => {
                 eprintln!(
                     "valk: http2 handler for {} returned {}, expected a String or an http2/response",
-                    label,
+                    request_label(vm, req),
                     v.type_name()
                 );
-                ResponseData::text(500, "Internal Server Error\n")
+                ResponseData::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
             }
         },
         Err(e) => {
             if vm.exit_code.is_some() {
-                ResponseData::text(503, "Service Unavailable: shutting down\n")
+                ResponseData::text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Service Unavailable: shutting down\n",
+                )
             } else {
                 eprintln!(
                     "valk: http2 handler error for {}: {}",
-                    label,
+                    request_label(vm, req),
                     vm.render_error(e)
                 );
-                ResponseData::text(500, "Internal Server Error\n")
+                ResponseData::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
             }
         }
     };
     vm.clear_uncatchable();
-    let _ = exchange.reply.send(response);
+    reply.send(response);
+}
+
+/// `GET /path` for log lines.
+fn request_label(vm: &Vm, req: Value) -> String {
+    match host::<RequestRef>(vm, req) {
+        Some(r) => {
+            let r = r.0.borrow();
+            format!("{} {}", r.method(), r.path())
+        }
+        None => "a request".into(),
+    }
 }
 
 // ---- client ---------------------------------------------------------------
@@ -679,25 +764,25 @@ builtin!(REQUEST, "http2/request", "(http2/request method scheme authority path)
     let scheme = string(vm, "http2/request", args[1])?;
     let authority = string(vm, "http2/request", args[2])?;
     let path = string(vm, "http2/request", args[3])?;
-    if hyper::Method::from_bytes(method.as_bytes()).is_err() {
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return Err(vm.error(format!("`http2/request`: invalid method {:?}", method)));
-    }
-    let data = RequestData {
+    };
+    let data = OutgoingRequest {
         method,
         scheme,
         authority,
         path,
-        headers: Vec::new(),
+        headers: HeaderMap::new(),
         body: Bytes::new(),
     };
-    ret(host_value(vm, RequestRef(RefCell::new(data))))
+    ret(host_value(vm, RequestRef(RefCell::new(Request::Outgoing(data)))))
 });
 
 builtin!(
     REQUEST_ADD_HEADER,
     "http2/request-add-header",
     "(http2/request-add-header req name value)",
-    "Adds a header to the request; returns the request.",
+    "Adds a header to the request (a received one becomes a copy to send on); returns the request.",
     |vm, args, env| {
         arity(vm, "http2/request-add-header", args, 3, 3)?;
         let name = string(vm, "http2/request-add-header", args[1])?;
@@ -705,14 +790,9 @@ builtin!(
             Value::Str(g) => vm.heap.string(g).to_string(),
             other => vm.format(other, false),
         };
-        if let Err(msg) = server::check_header(&name, &value) {
-            return Err(vm.error(format!("`http2/request-add-header`: {}", msg)));
-        }
+        let (k, v) = header(vm, "http2/request-add-header", &name, &value)?;
         let req = expect_request(vm, "http2/request-add-header", args[0])?;
-        req.0
-            .borrow_mut()
-            .headers
-            .push((name.to_ascii_lowercase(), value));
+        req.0.borrow_mut().outgoing().headers.append(k, v);
         ret(args[0])
     }
 );
@@ -726,14 +806,17 @@ builtin!(
         arity(vm, "http2/request-set-body", args, 2, 2)?;
         let body = string(vm, "http2/request-set-body", args[1])?;
         let req = expect_request(vm, "http2/request-set-body", args[0])?;
-        req.0.borrow_mut().body = Bytes::from(body);
+        req.0.borrow_mut().outgoing().body = Bytes::from(body);
         ret(args[0])
     }
 );
 
-builtin!(SEND, "http2/send", "(http2/send req client)", "Sends the request as a new stream on the client's connection; a future of the response. Any number of sends may be in flight on one connection.", |vm, args, env| {
+builtin!(SEND, "http2/send", "(http2/send req client)", "Sends the request as a new stream on the client's connection; a future of the response. Any number of sends may be in flight on one connection. A request a handler received can be sent on as it is (a proxy).", |vm, args, env| {
     arity(vm, "http2/send", args, 2, 2)?;
-    let data = expect_request(vm, "http2/send", args[0])?.0.borrow().clone();
+    let data = match &*expect_request(vm, "http2/send", args[0])?.0.borrow() {
+        Request::Outgoing(r) => r.clone(),
+        Request::Incoming(r) => OutgoingRequest::from_incoming(r),
+    };
     let conn = expect_client(vm, "http2/send", args[1])?;
     let completion = aio::spawn(async move {
         let response = client::send(conn, data).await?;
@@ -750,7 +833,7 @@ builtin!(
     |vm, args, env| {
         arity(vm, "http2/response-status", args, 1, 1)?;
         let r = expect_response(vm, "http2/response-status", args[0])?;
-        ret(vm.heap.string_value(&r.status.to_string()))
+        ret(vm.heap.string_value(r.status.as_str()))
     }
 );
 

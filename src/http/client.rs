@@ -9,15 +9,14 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::client::conn::http2::SendRequest;
-use hyper::header::{HeaderName, HeaderValue};
-use hyper::{Method, Request, Version};
+use hyper::{Request, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::{describe_error, tls, Limits, RequestData, ResponseData};
+use super::{describe_error, tls, Limits, OutgoingRequest, ResponseData};
 
 /// An open HTTP/2 connection.
 pub struct Client {
@@ -143,7 +142,7 @@ where
 }
 
 /// Sends one request and reads the whole response.
-pub async fn send(client: Arc<Client>, request: RequestData) -> Result<ResponseData, String> {
+pub async fn send(client: Arc<Client>, request: OutgoingRequest) -> Result<ResponseData, String> {
     let limits = Limits::get();
     let authority = if request.authority.is_empty() {
         client.target.clone()
@@ -161,21 +160,13 @@ pub async fn send(client: Arc<Client>, request: RequestData) -> Result<ResponseD
         request.path.clone()
     };
     let label = format!("{} {}://{}{}", request.method, scheme, authority, path);
-    let method = Method::from_bytes(request.method.as_bytes())
-        .map_err(|_| format!("invalid method {:?}", request.method))?;
     let mut req = Request::builder()
-        .method(method)
+        .method(request.method.clone())
         .version(Version::HTTP_2)
         .uri(format!("{}://{}{}", scheme, authority, path))
         .body(Full::new(request.body.clone()))
         .map_err(|e| format!("invalid request {}: {}", label, e))?;
-    for (name, value) in &request.headers {
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("invalid header name {:?}", name))?;
-        let value = HeaderValue::from_str(value)
-            .map_err(|_| format!("invalid value for header {}", name))?;
-        req.headers_mut().append(name, value);
-    }
+    *req.headers_mut() = request.headers.clone();
     let mut sender = client.sender.clone();
     let work = async {
         sender
@@ -203,19 +194,9 @@ pub async fn send(client: Arc<Client>, request: RequestData) -> Result<ResponseD
                 ))
             }
         };
-        let headers = parts
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
         Ok(ResponseData {
-            status: parts.status.as_u16(),
-            headers,
+            status: parts.status,
+            headers: parts.headers,
             body,
         })
     };

@@ -1,44 +1,35 @@
 //! The HTTP/2 server: binds, accepts (h2c with prior knowledge, or TLS
-//! with ALPN h2), serves each connection with hyper, applies the limits and
-//! stops gracefully (GOAWAY, in-flight requests finish, then a grace
-//! deadline). Requests go to the built-in demo response on tokio threads,
-//! or are queued as `Exchange`s for the interpreter isolates that hold the
-//! Lisp handler.
+//! with ALPN h2) up to the connection limit, hands each connection to
+//! connection.rs, and stops gracefully. Requests get the built-in demo
+//! response on tokio threads, or are queued as `Exchange`s for the
+//! interpreter isolates that hold the Lisp handler.
 //!
 //! Every server of the process is in one registry, so the program can wait
 //! for all to drain and workers can find the main isolate's servers by the
 //! order they were started in.
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::task::{Context, Waker};
-use std::time::{Duration, Instant};
+use std::task::Waker;
+use std::time::Duration;
 
-use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender, TrySendError};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
-use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch, Semaphore};
+use crossbeam_channel::{Receiver, Sender};
+use hyper::header::{HeaderName, HeaderValue};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use super::{tls, Exchange, Limits, RequestData, ResponseData};
+use super::{tls, Exchange, Limits};
 use crate::aio::{self, Completion, Payload};
 
 /// The demo handler's body.
 pub const DEMO_BODY: &str = "Hello from Valk HTTP/2 server!";
 
 /// Run state of a server, as seen by its connections.
-const RUNNING: u8 = 0;
-const STOPPING: u8 = 1;
-const FORCED: u8 = 2;
+pub(super) const RUNNING: u8 = 0;
+pub(super) const STOPPING: u8 = 1;
+pub(super) const FORCED: u8 = 2;
 
 /// Who answers requests.
 enum Handling {
@@ -62,7 +53,7 @@ pub struct Server {
     bound: Arc<Completion>,
     /// Settles once the server has stopped and every connection closed.
     drained: Arc<Completion>,
-    state: watch::Sender<u8>,
+    pub(super) state: watch::Sender<u8>,
     /// The accept loop (until it ends) plus open connections.
     active: AtomicUsize,
 }
@@ -94,6 +85,14 @@ impl Server {
     pub fn handler_queue(&self) -> Option<Receiver<Exchange>> {
         match &self.handling {
             Handling::Isolates { queue, .. } => Some(queue.clone()),
+            Handling::Demo => None,
+        }
+    }
+
+    /// Where Lisp handler requests go (None: the demo handler answers).
+    pub(super) fn jobs(&self) -> Option<&Sender<Exchange>> {
+        match &self.handling {
+            Handling::Isolates { jobs, .. } => Some(jobs),
             Handling::Demo => None,
         }
     }
@@ -277,7 +276,7 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, acceptor: Optio
         let s = server.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            connection(&s, stream, acceptor).await;
+            super::connection::serve(&s, stream, acceptor).await;
             drop(slot);
             s.release();
         });
@@ -286,285 +285,12 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, acceptor: Optio
     server.release();
 }
 
-// ---- connections ----------------------------------------------------------
-
-/// Runs a stream's task once in place before spawning it: a response that
-/// is ready at once (the demo handler, errors) is queued on the connection
-/// in the same pass that read the request, so the responses to a batch of
-/// requests leave in one write, with no task to schedule.
-#[derive(Clone, Copy)]
-struct FirstPoll;
-
-impl<F> hyper::rt::Executor<F> for FirstPoll
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, task: F) {
-        let mut task = Box::pin(task);
-        // A task that is not done re-registers its real waker when the
-        // runtime polls it.
-        let mut cx = Context::from_waker(Waker::noop());
-        if task.as_mut().poll(&mut cx).is_pending() {
-            tokio::spawn(task);
-        }
-    }
-}
-
-/// What a connection's timers need to know.
-struct Activity {
-    started: Instant,
-    in_flight: AtomicUsize,
-    any_request: AtomicBool,
-    /// Milliseconds after `started` of the last request start or end.
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn touch(&self) {
-        let ms = self.started.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// When the connection should be closed for being idle, if nothing
-    /// is in flight.
-    fn deadline(&self, limits: &Limits) -> Option<Instant> {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        if !self.any_request.load(Ordering::Acquire) {
-            return Some(self.started + limits.header_timeout);
-        }
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        Some(self.started + last + limits.idle_timeout)
-    }
-}
-
-/// Ends a request's accounting even if hyper drops it (stream reset).
-struct InFlight(Arc<Activity>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-async fn connection(server: &Arc<Server>, stream: TcpStream, acceptor: Option<TlsAcceptor>) {
-    let limits = Limits::get();
-    let _ = stream.set_nodelay(true);
-    let activity = Arc::new(Activity {
-        started: Instant::now(),
-        in_flight: AtomicUsize::new(0),
-        any_request: AtomicBool::new(false),
-        last_ms: AtomicU64::new(0),
-    });
-    match acceptor {
-        None => drive(server, stream, activity).await,
-        Some(acceptor) => {
-            let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
-            if let Ok(Ok(tls_stream)) = handshake.await {
-                drive(server, tls_stream, activity).await;
-            }
-        }
-    }
-}
-
-/// Serves one connection until it ends, is idle too long, or the server
-/// stops it.
-async fn drive<I>(server: &Arc<Server>, io: I, activity: Arc<Activity>)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let limits = Limits::get();
-    let mut builder = hyper::server::conn::http2::Builder::new(FirstPoll);
-    builder
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_streams)
-        .max_header_list_size(limits.max_header_list);
-    let svc_server = server.clone();
-    let svc_activity = activity.clone();
-    let service = hyper::service::service_fn(move |req| {
-        respond(svc_server.clone(), svc_activity.clone(), req)
-    });
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    let mut state = server.state.subscribe();
-    let tick = (limits.header_timeout.min(limits.idle_timeout) / 4)
-        .clamp(Duration::from_millis(25), Duration::from_secs(1));
-    let mut ticker = tokio::time::interval(tick);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Set once GOAWAY was sent: the connection must be gone by then.
-    let mut closing: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            _ = conn.as_mut() => break,
-            changed = state.changed() => {
-                let now = *state.borrow_and_update();
-                if changed.is_err() || now == FORCED {
-                    break;
-                }
-                if now == STOPPING && closing.is_none() {
-                    conn.as_mut().graceful_shutdown();
-                    closing = Some(Instant::now() + limits.grace);
-                }
-            }
-            _ = ticker.tick() => {
-                let now = Instant::now();
-                match closing {
-                    Some(deadline) => if now >= deadline { break },
-                    None => {
-                        if activity.deadline(limits).is_some_and(|d| now >= d) {
-                            conn.as_mut().graceful_shutdown();
-                            // A peer that ignores GOAWAY is cut off soon.
-                            closing = Some(now + Duration::from_secs(1));
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-async fn respond(
-    server: Arc<Server>,
-    activity: Arc<Activity>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    activity.in_flight.fetch_add(1, Ordering::AcqRel);
-    activity.any_request.store(true, Ordering::Release);
-    let _in_flight = InFlight(activity);
-    let response = match &server.handling {
-        Handling::Demo => demo_response(),
-        Handling::Isolates { jobs, .. } => handler_response(&server, jobs, req).await,
-    };
-    Ok(response)
-}
-
-fn demo_response() -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(DEMO_BODY.as_bytes())));
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-fn plain(status: u16, text: &str) -> Response<Full<Bytes>> {
-    to_hyper(ResponseData::text(status, format!("{}\n", text)))
-}
-
-/// Reads the request, queues it for an isolate and waits for the answer.
-async fn handler_response(
-    server: &Server,
-    jobs: &Sender<Exchange>,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
-    let limits = Limits::get();
-    let (parts, body) = req.into_parts();
-    let declared = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limits.max_body as u64) {
-        return plain(413, "Payload Too Large");
-    }
-    let collected = tokio::time::timeout(
-        limits.body_timeout,
-        Limited::new(body, limits.max_body).collect(),
-    )
-    .await;
-    let body = match collected {
-        Err(_) => return plain(408, "Request Timeout"),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return plain(413, "Payload Too Large")
-        }
-        Ok(Err(_)) => return plain(400, "Bad Request"),
-        Ok(Ok(c)) => c.to_bytes(),
-    };
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.to_string())
-        .or_else(|| {
-            parts
-                .headers
-                .get(hyper::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    let scheme = parts
-        .uri
-        .scheme_str()
-        .unwrap_or(if server.tls { "https" } else { "http" })
-        .to_string();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| "/".to_string(), |p| p.to_string());
-    let headers = parts
-        .headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    let request = RequestData {
-        method: parts.method.as_str().to_string(),
-        scheme,
-        authority,
-        path,
-        headers,
-        body,
-    };
-    let (reply, answer) = oneshot::channel();
-    match jobs.try_send(Exchange { request, reply }) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) => {
-            return plain(503, "Service Unavailable: too many queued requests")
-        }
-        Err(TrySendError::Disconnected(_)) => return plain(503, "Service Unavailable"),
-    }
-    match tokio::time::timeout(limits.handler_timeout, answer).await {
-        Ok(Ok(response)) => to_hyper(response),
-        Ok(Err(_)) => plain(500, "Internal Server Error"),
-        Err(_) => plain(
-            503,
-            "Service Unavailable: the handler did not answer in time",
-        ),
-    }
-}
-
-/// Headers HTTP/2 forbids (RFC 9113 §8.2.2); a handler's are dropped.
+/// Headers HTTP/2 forbids (RFC 9113 §8.2.2).
 fn connection_specific(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade"
     )
-}
-
-fn to_hyper(data: ResponseData) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(data.body));
-    *response.status_mut() =
-        StatusCode::from_u16(data.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let headers = response.headers_mut();
-    for (name, value) in data.headers {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) else {
-            continue;
-        };
-        if !connection_specific(&name) {
-            headers.append(name, value);
-        }
-    }
-    response
 }
 
 /// Checks a header a handler or a client request wants to send.
