@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -64,6 +65,8 @@ struct Waiting {
 
 struct Streams<'a> {
     server: &'a Server,
+    /// Demo requests read in this pass, answered together.
+    ready: Vec<(SendResponse<Bytes>, bool)>,
     limits: &'static Limits,
     tls: bool,
     waiting: HashMap<u64, Waiting>,
@@ -85,6 +88,7 @@ where
     let (replies_tx, mut replies) = unbounded_channel();
     let mut streams = Streams {
         server,
+        ready: Vec::new(),
         limits,
         tls,
         waiting: HashMap::new(),
@@ -115,6 +119,23 @@ where
                     any_request = true;
                     last_activity = Instant::now();
                     streams.accept(request, respond);
+                    // Every request already read is taken before any is
+                    // answered, so their responses leave in one write.
+                    let mut ended = false;
+                    loop {
+                        match try_accept(&mut conn).await {
+                            Some(Some(Ok((request, respond)))) => streams.accept(request, respond),
+                            None => break,
+                            Some(_) => {
+                                ended = true;
+                                break;
+                            }
+                        }
+                    }
+                    streams.answer_ready();
+                    if ended {
+                        break;
+                    }
                 }
                 // Closed, or a connection error (h2 has sent GOAWAY).
                 _ => break,
@@ -158,7 +179,7 @@ impl Streams<'_> {
     fn accept(&mut self, request: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
         let head = request.method() == Method::HEAD;
         let Some(jobs) = self.server.jobs() else {
-            send(&mut respond, demo(), head);
+            self.ready.push((respond, head));
             return;
         };
         let (parts, body) = request.into_parts();
@@ -199,6 +220,13 @@ impl Streams<'_> {
         });
     }
 
+    /// Answers the demo requests taken in this pass.
+    fn answer_ready(&mut self) {
+        for (mut respond, head) in self.ready.drain(..) {
+            send(&mut respond, demo(), head);
+        }
+    }
+
     fn answer(&mut self, token: u64, response: ResponseData) {
         // Gone when the deadline passed first.
         if let Some(mut w) = self.waiting.remove(&token) {
@@ -227,6 +255,23 @@ impl Streams<'_> {
             );
         }
     }
+}
+
+/// What `accept` gives: a request and the way to answer it, an error, or
+/// None once the connection has closed.
+type Accepted = Option<Result<(Request<RecvStream>, SendResponse<Bytes>), h2::Error>>;
+
+/// The next request if one is ready now: None when it would wait, else
+/// what `accept` gives.
+async fn try_accept<I>(conn: &mut h2::server::Connection<I, Bytes>) -> Option<Accepted>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    std::future::poll_fn(|cx| match conn.poll_accept(cx) {
+        Poll::Ready(next) => Poll::Ready(Some(next)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
 }
 
 /// Hands a request to the isolates; a full or closed queue is a 503.
