@@ -232,7 +232,8 @@ pub fn wait_until(
         // Busy servers hand requests over faster than a sleeping thread
         // wakes: look again for a short while before blocking.
         if let Some((i, exchange)) = spin_for_job(&iso, &serving) {
-            serve(vm, &iso, serving[i].1, exchange);
+            let (jobs, handler) = &serving[i];
+            serve_batch(vm, &iso, jobs, *handler, exchange, stop_on_exit);
             continue;
         }
         let mut select = Select::new();
@@ -250,17 +251,28 @@ pub fn wait_until(
         }
         let (jobs, handler) = &serving[i - 1];
         if let Ok(exchange) = op.recv(jobs) {
-            serve(vm, &iso, *handler, exchange);
-            // A few requests already queued are served before looking
-            // at the condition again.
-            for _ in 1..BATCH {
-                let Ok(next) = jobs.try_recv() else { break };
-                serve(vm, &iso, *handler, next);
-                if stop_on_exit && vm.exit_code.is_some() {
-                    break;
-                }
-            }
+            serve_batch(vm, &iso, jobs, *handler, exchange, stop_on_exit);
         }
+    }
+}
+
+/// Serves `first`, then a few requests already queued behind it before
+/// the wait condition is looked at again.
+fn serve_batch(
+    vm: &mut Vm,
+    iso: &Isolate,
+    jobs: &Receiver<Exchange>,
+    handler: Value,
+    first: Exchange,
+    stop_on_exit: bool,
+) {
+    serve(vm, iso, handler, first);
+    for _ in 1..BATCH {
+        if stop_on_exit && vm.exit_code.is_some() {
+            break;
+        }
+        let Ok(next) = jobs.try_recv() else { break };
+        serve(vm, iso, handler, next);
     }
 }
 
