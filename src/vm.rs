@@ -100,6 +100,11 @@ pub struct Vm {
     pub span: Span,
     pub files: Vec<String>,
     pub interrupt: Arc<AtomicBool>,
+    /// Calls left before evaluation stops with `step limit exceeded`
+    /// (`None`: unbounded). Counted where the interrupt flag is checked.
+    pub steps_left: Option<u64>,
+    /// Set by the host for untrusted code: `exit` and `load` are Errors.
+    pub sandboxed: bool,
     pub mode: Mode,
     /// Set by `exit`/`shutdown`: the process should end with this code.
     pub exit_code: Option<i32>,
@@ -148,6 +153,8 @@ impl Vm {
             span: Span::NONE,
             files: vec!["<unknown>".to_string()],
             interrupt: Arc::new(AtomicBool::new(false)),
+            steps_left: None,
+            sandboxed: false,
             mode: Mode::Script,
             exit_code: None,
             uncatchable: None,
@@ -1197,6 +1204,14 @@ impl Vm {
                 let e = self.error_at("interrupted", span);
                 self.uncatchable = Some(e);
                 return Err(e);
+            }
+            if let Some(steps) = self.steps_left.as_mut() {
+                if *steps == 0 {
+                    let e = self.error_at("step limit exceeded", span);
+                    self.uncatchable = Some(e);
+                    return Err(e);
+                }
+                *steps -= 1;
             }
             let mut flow = match self.stack[base] {
                 Value::Builtin(id) => {

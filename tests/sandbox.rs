@@ -1,0 +1,94 @@
+//! The sandbox the fuzzers run code in (`Interpreter::sandboxed`): a step
+//! budget, a heap limit, and no way to end the process or read files. Also
+//! regression cases for what fuzzing and hardening found (see
+//! docs/FUZZING.md), run under the same limits as the eval fuzz target.
+
+use valkyria::{Interpreter, Limits};
+
+const STACK: usize = 256 << 20;
+
+/// Runs `src` in a fresh sandboxed interpreter on a thread with its own
+/// stack; returns the readable value or the first line of the Error.
+fn run_with(limits: Limits, src: &str) -> String {
+    let src = src.to_string();
+    std::thread::Builder::new()
+        .stack_size(STACK)
+        .spawn(move || {
+            let mut interp = Interpreter::sandboxed(limits);
+            interp.vm.set_native_stack(STACK);
+            let out = match interp.eval_str(&src, "<test>") {
+                Ok(v) => interp.vm.show(v),
+                Err(e) => e.lines().next().unwrap_or_default().to_string(),
+            };
+            assert_eq!(interp.exit_requested(), None, "no exit from the sandbox");
+            out
+        })
+        .unwrap()
+        .join()
+        .expect("the evaluator panicked")
+}
+
+/// The limits of the eval fuzz target (fuzz/src/lib.rs).
+fn fuzz_limits() -> Limits {
+    Limits {
+        steps: Some(1_000_000),
+        heap_bytes: Some(64 << 20),
+        ..Limits::default()
+    }
+}
+
+fn run(src: &str) -> String {
+    run_with(fuzz_limits(), src)
+}
+
+#[test]
+fn step_budget_stops_endless_loops() {
+    assert_eq!(
+        run("(fun {spin n} {spin (+ n 1)}) (spin 0)"),
+        "Error: step limit exceeded"
+    );
+    // `try` cannot catch it and keep going.
+    assert_eq!(
+        run("(fun {spin n} {spin (+ n 1)}) (try {spin 0} (\\ {m} {m}))"),
+        "Error: step limit exceeded"
+    );
+    // Work within the budget is unaffected.
+    assert_eq!(run("(sum (map (\\ {x} {* x x}) (range 0 100)))"), "328350");
+}
+
+#[test]
+fn step_budget_counts_calls() {
+    let limits = Limits {
+        steps: Some(10),
+        ..Limits::default()
+    };
+    let src = "(fun {count n} {if (== n 0) {0} {count (- n 1)}}) (count 5)";
+    assert_eq!(run_with(limits, src), "0");
+    let src = "(fun {count n} {if (== n 0) {0} {count (- n 1)}}) (count 50)";
+    assert_eq!(run_with(limits, src), "Error: step limit exceeded");
+}
+
+#[test]
+fn sandbox_cannot_exit_or_load() {
+    assert_eq!(
+        run("(exit 3)"),
+        "Error: `exit` is not allowed in the sandbox"
+    );
+    assert_eq!(run("(shutdown 2)"), "2");
+    assert_eq!(
+        run("(load \"src/prelude.valk\")"),
+        "Error: `load` is not allowed in the sandbox"
+    );
+    assert_eq!(
+        run("(try {exit 1} (\\ {m} {m}))"),
+        "\"`exit` is not allowed in the sandbox\""
+    );
+}
+
+#[test]
+fn heap_limit_applies_in_the_sandbox() {
+    assert_eq!(
+        run("(fun {grow l} {grow (join l l)}) (grow {1 2 3})"),
+        "Error: out of memory (limit 64 MB)"
+    );
+}
