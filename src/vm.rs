@@ -278,12 +278,18 @@ impl Vm {
 
     /// Readable form (`show`, the REPL) or display form (`print`, `str`).
     pub fn format(&self, v: Value, readable: bool) -> String {
+        self.format_limited(v, readable, PRINT_LIMIT)
+    }
+
+    /// Like `format`, but printing stops soon after `max_len` bytes (the
+    /// text then ends in `...`).
+    pub fn format_limited(&self, v: Value, readable: bool, max_len: usize) -> String {
         let mut p = Printer {
             heap: &self.heap,
             syms: &self.syms,
             builtin_names: &self.builtin_names,
             out: String::new(),
-            max_len: PRINT_LIMIT,
+            max_len,
         };
         p.write(v, readable);
         p.out
@@ -297,13 +303,20 @@ impl Vm {
     /// an Error rather than a truncated string.
     pub fn format_checked(&mut self, v: Value, readable: bool) -> Result<String, Gc> {
         let text = self.format(v, readable);
-        if text.len() > PRINT_LIMIT {
+        self.check_text(text.len())?;
+        Ok(text)
+    }
+
+    /// Text of `len` bytes being built for output or a String: past
+    /// `PRINT_LIMIT` it is an Error.
+    pub fn check_text(&mut self, len: usize) -> Result<(), Gc> {
+        if len > PRINT_LIMIT {
             return Err(self.error(format!(
                 "value too large to print (over {} MB of text)",
                 PRINT_LIMIT >> 20
             )));
         }
-        Ok(text)
+        Ok(())
     }
 
     // ---- errors -------------------------------------------------------

@@ -92,3 +92,21 @@ fn heap_limit_applies_in_the_sandbox() {
         "Error: out of memory (limit 64 MB)"
     );
 }
+
+const DOUBLE: &str = "(fun {dbl a n} {if (== n 0) {a} {dbl (list a a) (- n 1)}})";
+
+#[test]
+fn text_built_from_many_arguments_is_bounded() {
+    // Each argument prints to about 12 MB: together they pass the heap
+    // limit (`str` makes a String on the heap) ...
+    let src = format!("{DOUBLE} (def {{big}} (dbl {{1}} 21)) (str big big big big big big)");
+    assert_eq!(run(&src), "Error: out of memory (limit 64 MB)");
+    // ... and, unbounded by the heap, the print limit.
+    let unbounded = Limits::default();
+    let src =
+        format!("{DOUBLE} (def {{big}} (dbl {{1}} 23)) (print big big big big big big big big)");
+    assert_eq!(
+        run_with(unbounded, &src),
+        "Error: value too large to print (over 256 MB of text)"
+    );
+}

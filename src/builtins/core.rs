@@ -267,7 +267,7 @@ builtin!(
         arity(vm, "error", args, 1, 1)?;
         let message = match args[0] {
             Value::Str(g) => vm.heap.string(g).to_string(),
-            other => vm.show(other),
+            other => vm.format_checked(other, true)?,
         };
         Err(vm.error(message))
     }

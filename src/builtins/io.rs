@@ -28,6 +28,7 @@ builtin!(
                 line.push(' ');
             }
             line.push_str(&vm.format_checked(a, false)?);
+            vm.check_text(line.len())?;
         }
         line.push('\n');
         write_stdout(&line);
