@@ -6,7 +6,13 @@
 //!   was read and reading that back must print the same text.
 //! * `eval`: reader + evaluator in a sandboxed interpreter (no `exit`, no
 //!   `load`, `shutdown` only returns) with a step budget, a heap limit and a
-//!   native stack of its own, like the `valk` evaluator thread.
+//!   native stack of its own, like the `valk` evaluator thread. A call can
+//!   do much work (`range`, `join`, printing), so a deadline also
+//!   interrupts the evaluation the way Ctrl-C does in the REPL.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 use valkyria::error::Span;
 use valkyria::heap::Heap;
@@ -21,6 +27,8 @@ pub const STEPS: u64 = 1_000_000;
 pub const HEAP_BYTES: usize = 64 << 20;
 /// Native stack of the thread that evaluates an input.
 pub const STACK_BYTES: usize = 256 << 20;
+/// Wall-clock time after which an input is interrupted.
+pub const DEADLINE: Duration = Duration::from_secs(2);
 
 /// The limits every evaluated input runs under.
 pub fn limits() -> Limits {
@@ -67,10 +75,12 @@ pub fn read(data: &[u8]) {
 }
 
 /// Evaluates `src` in a fresh sandboxed interpreter on the calling thread;
-/// returns the readable result or the rendered Error.
-pub fn eval_here(src: &str) -> Result<String, String> {
+/// returns the readable result or the rendered Error. Setting `interrupt`
+/// stops the evaluation at its next call.
+pub fn eval_here(src: &str, interrupt: Arc<AtomicBool>) -> Result<String, String> {
     let mut interp = Interpreter::sandboxed(limits());
     interp.vm.set_native_stack(STACK_BYTES);
+    interp.vm.interrupt = interrupt;
     let result = interp.eval_str(src, "<fuzz>").map(|v| interp.vm.show(v));
     assert!(
         interp.exit_requested().is_none(),
@@ -85,13 +95,20 @@ pub fn eval(data: &[u8]) {
         return;
     };
     let src = src.to_string();
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let flag = interrupt.clone();
+    let (done, finished) = mpsc::channel();
     let worker = std::thread::Builder::new()
         .name("evaluator".into())
         .stack_size(STACK_BYTES)
         .spawn(move || {
-            let _ = eval_here(&src);
+            let _ = eval_here(&src, flag);
+            let _ = done.send(());
         })
         .expect("cannot start the evaluator thread");
+    if finished.recv_timeout(DEADLINE).is_err() {
+        interrupt.store(true, Ordering::Relaxed);
+    }
     if worker.join().is_err() {
         // libFuzzer's panic hook aborts first; this is for plain replays.
         panic!("the evaluator panicked");
