@@ -4,8 +4,8 @@
 //! runs (only at call entry, where every live value is rooted).
 //!
 //! Roots are: the globals, the value stack (call arguments in flight), the
-//! frame stack (scopes of active calls), the protos being run, and the
-//! host's pinned values.
+//! frame stack (scopes of active calls), the protos being run, the scopes
+//! code is being run in, and the host's pinned values.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -84,6 +84,9 @@ pub struct Vm {
     frames: Vec<Gc>,
     /// Code being run that no lambda holds (a root).
     proto_roots: Vec<Rc<Proto>>,
+    /// Scopes code is being run in that no frame may hold, such as the one
+    /// the `let` builtin makes (a root).
+    env_roots: Vec<Gc>,
     /// Values the host keeps alive (a root).
     pub pinned: Vec<Value>,
     compile_cache: HashMap<Gc, Rc<Proto>>,
@@ -138,6 +141,7 @@ impl Vm {
             stack: Vec::with_capacity(1024),
             frames: Vec::with_capacity(1024),
             proto_roots: Vec::new(),
+            env_roots: Vec::new(),
             pinned: Vec::new(),
             compile_cache: HashMap::new(),
             depth: 0,
@@ -222,6 +226,7 @@ impl Vm {
         self.stack.clear();
         self.frames.clear();
         self.proto_roots.clear();
+        self.env_roots.clear();
         self.depth = 0;
         self.uncatchable = None;
     }
@@ -396,6 +401,9 @@ impl Vm {
         for i in 0..self.frames.len() {
             self.heap.mark(self.frames[i]);
         }
+        for i in 0..self.env_roots.len() {
+            self.heap.mark(self.env_roots[i]);
+        }
         for p in self.proto_roots.iter() {
             for v in p.constants.iter() {
                 // Marking through the heap directly: protos are not objects.
@@ -556,12 +564,15 @@ impl Vm {
     pub fn run_proto(&mut self, proto: Rc<Proto>, env: Env) -> Result<Value, Gc> {
         let roots = self.proto_roots.len();
         self.proto_roots.push(proto.clone());
+        let envs = self.env_roots.len();
+        self.env_roots.extend(env);
         let stack = self.stack.len();
         let result = match self.exec(&proto.body, env, true) {
             Ok(flow) => self.finish(flow),
             Err(e) => Err(e),
         };
         self.proto_roots.truncate(roots);
+        self.env_roots.truncate(envs);
         self.stack.truncate(stack);
         result
     }
@@ -1135,10 +1146,12 @@ impl Vm {
         self.depth += 1;
         let frames = self.frames.len();
         let roots = self.proto_roots.len();
+        let envs = self.env_roots.len();
         let result = self.apply_loop(base, env, span, name);
         self.depth -= 1;
         self.frames.truncate(frames);
         self.proto_roots.truncate(roots);
+        self.env_roots.truncate(envs);
         if result.is_err() {
             self.stack.truncate(base);
         }
@@ -1202,6 +1215,21 @@ impl Vm {
         }
     }
 
+    /// Keeps `env` alive while this activation runs code in it: a tail
+    /// flow may carry a scope that no frame holds (a `let`'s).
+    #[inline]
+    fn root_env(&mut self, slot: &mut Option<usize>, env: Env) {
+        if let Some(g) = env {
+            match *slot {
+                Some(i) => self.env_roots[i] = g,
+                None => {
+                    *slot = Some(self.env_roots.len());
+                    self.env_roots.push(g);
+                }
+            }
+        }
+    }
+
     fn run_activation(
         &mut self,
         activation: &mut Activation,
@@ -1211,6 +1239,7 @@ impl Vm {
         mut name: Option<Sym>,
     ) -> Result<Value, Gc> {
         let mut eval_root: Option<usize> = None;
+        let mut env_root: Option<usize> = None;
         loop {
             if self.interrupt.load(Ordering::Relaxed) {
                 self.interrupt.store(false, Ordering::Relaxed);
@@ -1228,6 +1257,7 @@ impl Vm {
             }
             let mut flow = match self.stack[base] {
                 Value::Builtin(id) => {
+                    self.root_env(&mut env_root, env);
                     let args: SmallVec<[Value; 8]> = SmallVec::from_slice(&self.stack[base + 1..]);
                     self.span = span;
                     let func = self.builtins[id as usize].func;
@@ -1375,6 +1405,7 @@ impl Vm {
                         break;
                     }
                     Flow::Eval { proto, env: e } => {
+                        self.root_env(&mut env_root, e);
                         match eval_root {
                             Some(i) => self.proto_roots[i] = proto.clone(),
                             None => {

@@ -110,3 +110,12 @@ fn text_built_from_many_arguments_is_bounded() {
         "Error: value too large to print (over 256 MB of text)"
     );
 }
+
+#[test]
+fn let_scope_survives_a_collection_under_the_heap_limit() {
+    // `join` reserves heap; near the limit that collects, while `y` is held
+    // only by the scope the `let` builtin made.
+    let src = "(def {body} {do (= {y} (range 0 300000)) (range 0 300000) (range 0 300000) \
+               (range 0 300000) (len (join y y)) (len y)}) (let body)";
+    assert_eq!(run(src), "300000");
+}
