@@ -442,6 +442,9 @@ impl Vm {
     /// collecting first if needed. Builtins that build large values call it
     /// before they start.
     pub fn reserve(&mut self, bytes: usize) -> Result<(), Gc> {
+        if self.heap.stressed() {
+            self.collect_with(false);
+        }
         let Some(limit) = self.max_heap else {
             return Ok(());
         };

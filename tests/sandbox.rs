@@ -119,3 +119,46 @@ fn let_scope_survives_a_collection_under_the_heap_limit() {
                (range 0 300000) (len (join y y)) (len y)}) (let body)";
     assert_eq!(run(src), "300000");
 }
+
+/// Runs `src` with the collector running after every 4 KB allocated, so a
+/// value not rooted across a collection is freed while still in use.
+fn run_stressed(src: &str) -> String {
+    let src = src.to_string();
+    std::thread::Builder::new()
+        .stack_size(STACK)
+        .spawn(move || {
+            let mut interp = Interpreter::sandboxed(fuzz_limits());
+            interp.vm.set_native_stack(STACK);
+            interp.vm.heap.set_stress(4 << 10);
+            match interp.eval_str(&src, "<test>") {
+                Ok(v) => interp.vm.show(v),
+                Err(e) => e.lines().next().unwrap_or_default().to_string(),
+            }
+        })
+        .unwrap()
+        .join()
+        .expect("the evaluator panicked")
+}
+
+#[test]
+fn values_stay_rooted_when_the_collector_runs_often() {
+    let cases = [
+        ("(def {body} {do (= {y} (range 0 10)) (map (\\ {x} {list x}) (range 0 300)) (len y)}) (let body)", "10"),
+        ("(let {do (= {y} {1 2 3}) (eval {do (map (\\ {x} {list x x}) (range 0 300)) y})})", "{1 2 3}"),
+        ("(foldl (\\ {acc x} {join acc (list x)}) {} (range 0 200))", ""),
+        ("(len (filter (\\ {x} {== 0 (% x 3)}) (map (\\ {x} {* x x}) (range 0 500))))", "167"),
+        ("(try {do (map (\\ {x} {list x}) (range 0 300)) (error \"e\")} (\\ {m} {join m (show (range 0 50))}))", ""),
+        ("(def {sel} select) (fun {f n} {sel {(== n 0) (range 0 3)} {otherwise (do (range 0 100) (f (- n 1)))}}) (f 300)", "{0 1 2}"),
+        ("(def {cs} case) (fun {g n} {cs (== n 0) {{1} (list n n)} {{0} (do (range 0 100) (g (- n 1)))}}) (g 300)", "{0 0}"),
+        ("(def {acc} {}) (repeat (\\ {i} {def {acc} (cons (range 0 5) acc)}) 300) (len acc)", "300"),
+        ("(str (map show (range 0 300)))", ""),
+        ("(penv {}) (len (map (\\ {p} {fst p}) (penv {})))", ""),
+    ];
+    for (src, want) in cases {
+        let got = run_stressed(src);
+        assert!(!got.starts_with("Error"), "{src}: {got}");
+        if !want.is_empty() {
+            assert_eq!(got, want, "{src}");
+        }
+    }
+}

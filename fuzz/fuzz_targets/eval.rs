@@ -4,4 +4,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| valkyria_fuzz::eval(data));
+fuzz_target!(|data: &[u8]| valkyria_fuzz::eval(data, valkyria_fuzz::Collection::Normal));

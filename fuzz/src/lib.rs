@@ -9,6 +9,8 @@
 //!   native stack of its own, like the `valk` evaluator thread. A call can
 //!   do much work (`range`, `join`, printing), so a deadline also
 //!   interrupts the evaluation the way Ctrl-C does in the REPL.
+//! * `eval_gc`: the same with the collector running after every 4 KB
+//!   allocated, to find values not rooted across a collection.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -74,13 +76,30 @@ pub fn read(data: &[u8]) {
     assert_eq!(printed, reprinted, "print/read round trip changed the text");
 }
 
+/// How often the collector runs during an evaluation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Collection {
+    /// As in `valk`: after 16 MB allocated or the live heap doubling.
+    Normal,
+    /// At the first safe point after every 4 KB allocated: finds values
+    /// that are not rooted across a collection.
+    Stress,
+}
+
 /// Evaluates `src` in a fresh sandboxed interpreter on the calling thread;
 /// returns the readable result or the rendered Error. Setting `interrupt`
 /// stops the evaluation at its next call.
-pub fn eval_here(src: &str, interrupt: Arc<AtomicBool>) -> Result<String, String> {
+pub fn eval_here(
+    src: &str,
+    collection: Collection,
+    interrupt: Arc<AtomicBool>,
+) -> Result<String, String> {
     let mut interp = Interpreter::sandboxed(limits());
     interp.vm.set_native_stack(STACK_BYTES);
     interp.vm.interrupt = interrupt;
+    if collection == Collection::Stress {
+        interp.vm.heap.set_stress(4 << 10);
+    }
     let result = interp.eval_str(src, "<fuzz>").map(|v| interp.vm.show(v));
     assert!(
         interp.exit_requested().is_none(),
@@ -89,8 +108,8 @@ pub fn eval_here(src: &str, interrupt: Arc<AtomicBool>) -> Result<String, String
     result
 }
 
-/// The evaluator target: runs the input on a thread with its own stack.
-pub fn eval(data: &[u8]) {
+/// The evaluator targets: run the input on a thread with its own stack.
+pub fn eval(data: &[u8], collection: Collection) {
     let Ok(src) = std::str::from_utf8(data) else {
         return;
     };
@@ -102,7 +121,7 @@ pub fn eval(data: &[u8]) {
         .name("evaluator".into())
         .stack_size(STACK_BYTES)
         .spawn(move || {
-            let _ = eval_here(&src, flag);
+            let _ = eval_here(&src, collection, flag);
             let _ = done.send(());
         })
         .expect("cannot start the evaluator thread");
