@@ -66,9 +66,10 @@ impl Interpreter {
         Interpreter { vm }
     }
 
-    /// An interpreter for code that must not end the process or read
-    /// files: REPL mode (`shutdown` only returns its code), `exit` and
-    /// `load` are Errors, and the given limits apply. Call
+    /// An interpreter for code that must not end the process, read files
+    /// or use the network: REPL mode (`shutdown` only returns its code),
+    /// `exit`, `load`, the async system and `http2/…` are Errors, and the
+    /// given limits apply. Call
     /// `vm.set_native_stack` on the thread that will run it.
     pub fn sandboxed(limits: Limits) -> Interpreter {
         let mut interp = Interpreter::new(Mode::Repl);

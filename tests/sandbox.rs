@@ -80,6 +80,18 @@ fn sandbox_cannot_exit_or_load() {
         "Error: `load` is not allowed in the sandbox"
     );
     assert_eq!(
+        run("(http2/listen aio \"127.0.0.1\" 0 \"\" \"\")"),
+        "Error: `http2/listen` is not allowed in the sandbox"
+    );
+    assert_eq!(
+        run("(http2/connect aio \"127.0.0.1\" 1)"),
+        "Error: `http2/connect` is not allowed in the sandbox"
+    );
+    assert_eq!(
+        run("(aio/sleep 1)"),
+        "Error: `aio/sleep` is not allowed in the sandbox"
+    );
+    assert_eq!(
         run("(try {exit 1} (\\ {m} {m}))"),
         "\"`exit` is not allowed in the sandbox\""
     );

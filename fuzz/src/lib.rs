@@ -5,7 +5,7 @@
 //!   REPL's completeness check, and a print/read round trip: printing what
 //!   was read and reading that back must print the same text.
 //! * `eval`: reader + evaluator in a sandboxed interpreter (no `exit`, no
-//!   `load`, `shutdown` only returns) with a step budget, a heap limit and a
+//!   `load`, no network, `shutdown` only returns) with a step budget, a heap limit and a
 //!   native stack of its own, like the `valk` evaluator thread. A call can
 //!   do much work (`range`, `join`, printing), so a deadline also
 //!   interrupts the evaluation the way Ctrl-C does in the REPL.
