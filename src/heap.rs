@@ -133,7 +133,7 @@ pub struct Heap {
     allocated_since_gc: usize,
     threshold: usize,
     next_collection: usize,
-    /// Test mode: collect often, every other time in full, to find values
+    /// Test mode: collect often, every eighth time in full, to find values
     /// not rooted across a collection.
     stress: bool,
     gray: Vec<Gc>,
@@ -231,7 +231,7 @@ impl Heap {
     }
 
     /// Test mode: collect at the first safe point after every `bytes`
-    /// allocated (every other collection major), and whenever a builtin
+    /// allocated (every eighth collection major), and whenever a builtin
     /// reserves heap (see `Vm::reserve`).
     pub fn set_stress(&mut self, bytes: usize) {
         self.stress = true;
@@ -602,9 +602,9 @@ impl Heap {
     /// only) or major (everything). Roots are marked next, then
     /// `finish_collection` completes it.
     pub fn begin_collection(&mut self, force_major: bool) {
-        // Under stress every other collection is major, so old objects
+        // Under stress every eighth collection is major, so old objects
         // that lost their roots are freed too.
-        let stress_major = self.stress && self.stats.collections % 2 == 1;
+        let stress_major = self.stress && self.stats.collections % 8 == 7;
         self.minor = !force_major && !stress_major && self.old_bytes < self.major_at;
     }
 
