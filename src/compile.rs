@@ -212,11 +212,19 @@ pub struct Compiler<'a> {
     /// special form named by one of them is never inlined.
     shadowed: Vec<Sym>,
     depth: usize,
+    /// List elements compiled so far, nested lambdas included.
+    elements: usize,
 }
 
 /// Nesting of code compiled in one go (the reader bounds source nesting
 /// below this; data built at runtime could be deeper).
 const COMPILE_DEPTH_LIMIT: usize = 20_000;
+
+/// List elements compiled in one go. Code built at runtime can share
+/// structure (a Q-expression holding the same `if` form twice, again and
+/// again), so its compiled form could be exponentially larger than the
+/// value; this bounds the work. Source text stays far below it.
+const COMPILE_ELEMENT_LIMIT: usize = 4_000_000;
 
 impl<'a> Compiler<'a> {
     pub fn new(heap: &'a Heap, syms: &'a Symbols, forms: &'a SpecialForms) -> Self {
@@ -228,6 +236,7 @@ impl<'a> Compiler<'a> {
             slots: Vec::new(),
             shadowed: Vec::new(),
             depth: 0,
+            elements: 0,
         }
     }
 
@@ -266,13 +275,38 @@ impl<'a> Compiler<'a> {
         body_value: Value,
         outer_shadowed: &[Sym],
     ) -> Result<Rc<Proto>, String> {
+        let mut elements = 0;
+        Compiler::compile_lambda_counted(
+            heap,
+            syms,
+            forms,
+            formals_value,
+            body_value,
+            outer_shadowed,
+            &mut elements,
+        )
+    }
+
+    /// `compile_lambda` that adds what it compiles to `elements`.
+    fn compile_lambda_counted(
+        heap: &'a Heap,
+        syms: &'a Symbols,
+        forms: &'a SpecialForms,
+        formals_value: Value,
+        body_value: Value,
+        outer_shadowed: &[Sym],
+        elements: &mut usize,
+    ) -> Result<Rc<Proto>, String> {
         let formals = parse_formals(heap, syms, forms.ampersand, formals_value)?;
         let mut c = Compiler::new(heap, syms, forms);
         c.slots = formals.fixed.clone();
         c.slots.extend(formals.rest);
         c.shadowed = outer_shadowed.to_vec();
         c.shadowed.extend(c.slots.iter().copied());
-        let body = c.compile_body(body_value, Span::NONE)?;
+        c.elements = *elements;
+        let body = c.compile_body(body_value, Span::NONE);
+        *elements = c.elements;
+        let body = body?;
         c.constants.push(formals_value);
         c.constants.push(body_value);
         Ok(Rc::new(Proto {
@@ -339,6 +373,13 @@ impl<'a> Compiler<'a> {
         } else {
             head_cell.span
         };
+        self.elements += head_cell.len as usize;
+        if self.elements > COMPILE_ELEMENT_LIMIT {
+            return Err(format!(
+                "expression too large to compile (limit {} elements)",
+                COMPILE_ELEMENT_LIMIT
+            ));
+        }
         if head_cell.len == 1 {
             // One element: its value, no call.
             return self.compile_value(head_cell.head, head_cell.span);
@@ -429,13 +470,14 @@ impl<'a> Compiler<'a> {
             }))));
         }
         if name == f.lambda.0 && args.len() == 2 && args[1].0.is_qexpr() {
-            if let Ok(proto) = Compiler::compile_lambda(
+            if let Ok(proto) = Compiler::compile_lambda_counted(
                 heap,
                 self.syms,
                 self.forms,
                 args[0].0,
                 args[1].0,
                 &self.shadowed,
+                &mut self.elements,
             ) {
                 self.constants.extend(proto.constants.iter().copied());
                 let (form, builtin) = inline(f.lambda);
@@ -530,7 +572,10 @@ impl<'a> Compiler<'a> {
             let mut inner = Compiler::new(heap, self.syms, self.forms);
             inner.shadowed = self.shadowed.clone();
             inner.depth = self.depth;
-            let body = inner.compile_body(args[0].0, args[0].1)?;
+            inner.elements = self.elements;
+            let body = inner.compile_body(args[0].0, args[0].1);
+            self.elements = inner.elements;
+            let body = body?;
             self.constants.extend(inner.constants);
             let (form, builtin) = inline(f.let_);
             return Ok(Some(Code::Let(Box::new(Inline {

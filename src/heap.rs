@@ -135,6 +135,9 @@ pub struct Heap {
     allocated_since_gc: usize,
     threshold: usize,
     next_collection: usize,
+    /// Test mode: collect often, every eighth time in full, to find values
+    /// not rooted across a collection.
+    stress: bool,
     gray: Vec<Gc>,
     #[allow(clippy::vec_box)] // boxes are moved in and out of heap objects whole
     scope_pool: Vec<Box<Scope>>,
@@ -174,6 +177,7 @@ impl Heap {
             allocated_since_gc: 0,
             threshold: threshold_bytes,
             next_collection: threshold_bytes,
+            stress: false,
             gray: Vec::new(),
             scope_pool: Vec::new(),
             free_scopes: Vec::new(),
@@ -237,6 +241,20 @@ impl Heap {
             self.host_refs.push(g);
         }
         g
+    }
+
+    /// Test mode: collect at the first safe point after every `bytes`
+    /// allocated (every eighth collection major), and whenever a builtin
+    /// reserves heap (see `Vm::reserve`).
+    pub fn set_stress(&mut self, bytes: usize) {
+        self.stress = true;
+        self.threshold = bytes;
+        self.next_collection = bytes;
+    }
+
+    /// Whether the test mode of `set_stress` is on.
+    pub fn stressed(&self) -> bool {
+        self.stress
     }
 
     /// True when enough has been allocated that the VM should collect at
@@ -622,7 +640,10 @@ impl Heap {
     /// only) or major (everything). Roots are marked next, then
     /// `finish_collection` completes it.
     pub fn begin_collection(&mut self, force_major: bool) {
-        self.minor = !force_major && self.old_bytes < self.major_at;
+        // Under stress every eighth collection is major, so old objects
+        // that lost their roots are freed too.
+        let stress_major = self.stress && self.stats.collections % 8 == 7;
+        self.minor = !force_major && !stress_major && self.old_bytes < self.major_at;
     }
 
     /// Finishes a collection whose roots have been marked: traces, sweeps

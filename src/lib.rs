@@ -40,6 +40,27 @@ pub fn reference(interp: &mut Interpreter) -> String {
     builtins::doc::reference(&interp.vm)
 }
 
+/// Bounds for running generated or untrusted code (the fuzzers use these).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Calls allowed before `step limit exceeded` (`None`: unbounded).
+    pub steps: Option<u64>,
+    /// Live heap allowed before `out of memory` (`None`: `VALK_MAX_HEAP_MB`).
+    pub heap_bytes: Option<usize>,
+    /// Nested (non-tail) calls allowed.
+    pub max_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            steps: None,
+            heap_bytes: None,
+            max_depth: vm::DEFAULT_MAX_DEPTH,
+        }
+    }
+}
+
 /// The outcome of evaluating text: a value's readable form, or a rendered
 /// Error (message, location, trace).
 pub type Outcome = Result<String, String>;
@@ -53,6 +74,22 @@ impl Interpreter {
             panic!("prelude failed to load: {}", vm.render_error(e));
         }
         Interpreter { vm }
+    }
+
+    /// An interpreter for code that must not end the process, read files
+    /// or use the network: REPL mode (`shutdown` only returns its code),
+    /// `exit`, `load`, the async system and `http2/…` are Errors, and the
+    /// given limits apply. Call
+    /// `vm.set_native_stack` on the thread that will run it.
+    pub fn sandboxed(limits: Limits) -> Interpreter {
+        let mut interp = Interpreter::new(Mode::Repl);
+        interp.vm.sandboxed = true;
+        interp.vm.steps_left = limits.steps;
+        if limits.heap_bytes.is_some() {
+            interp.vm.max_heap = limits.heap_bytes;
+        }
+        interp.vm.max_depth = limits.max_depth;
+        interp
     }
 
     /// Evaluates source text; `name` is used in error positions.

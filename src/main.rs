@@ -92,7 +92,17 @@ fn run(cli: Cli) -> i32 {
     }
     for expr in &cli.eval {
         match interp.eval_str(expr, "<eval>") {
-            Ok(v) => println!("{}", interp.vm.show(v)),
+            Ok(v) => {
+                // Printing the result is no builtin's doing: no position.
+                interp.vm.span = valkyria::error::Span::NONE;
+                match interp.vm.format_checked(v, true) {
+                    Ok(shown) => println!("{}", shown),
+                    Err(e) => {
+                        eprintln!("{}", interp.vm.render_error(e));
+                        return 1;
+                    }
+                }
+            }
             Err(rendered) => {
                 if let Some(code) = interp.exit_requested() {
                     return aio::finish(&mut interp, code);

@@ -103,22 +103,33 @@ fn history_path() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".valk_history"))
 }
 
-/// Evaluates one entry and prints its value or error. Returns the exit
-/// code if the entry asked to end the program.
-pub fn eval_entry(interp: &mut Interpreter, text: &str) -> Option<i32> {
+/// What one REPL entry came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// The readable form of its value.
+    Value(String),
+    /// A rendered Error (an internal panic is reported as one too).
+    Error(String),
+    /// `exit` (or `shutdown` outside the REPL) asked to end with this code.
+    Exit(i32),
+}
+
+/// Evaluates one entry, catching internal panics as a last resort: they
+/// are reported as an Error and the session, with its definitions, goes on.
+pub fn evaluate(interp: &mut Interpreter, text: &str) -> Entry {
     interp.vm.interrupt.store(false, Ordering::Relaxed);
-    let outcome = catch_unwind(AssertUnwindSafe(|| interp.eval_str(text, "<repl>")));
-    match outcome {
-        Ok(Ok(v)) => {
-            if interp.exit_requested().is_none() {
-                println!("{}", interp.vm.show(v));
-            }
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let v = interp.eval_str(text, "<repl>")?;
+        // A value too large to print is an Error, not a flood of text.
+        interp.vm.span = crate::error::Span::NONE;
+        match interp.vm.format_checked(v, true) {
+            Ok(shown) => Ok(shown),
+            Err(e) => Err(interp.vm.render_error(e)),
         }
-        Ok(Err(rendered)) => {
-            if interp.exit_requested().is_none() {
-                eprintln!("{}", rendered);
-            }
-        }
+    }));
+    let entry = match outcome {
+        Ok(Ok(shown)) => Entry::Value(shown),
+        Ok(Err(rendered)) => Entry::Error(rendered),
         Err(panic) => {
             let what = panic
                 .downcast_ref::<String>()
@@ -126,10 +137,27 @@ pub fn eval_entry(interp: &mut Interpreter, text: &str) -> Option<i32> {
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown".into());
             interp.vm.recover();
-            eprintln!("Error: internal error: {} (the session continues)", what);
+            Entry::Error(format!(
+                "Error: internal error: {} (the session continues)",
+                what
+            ))
         }
+    };
+    match interp.exit_requested() {
+        Some(code) => Entry::Exit(code),
+        None => entry,
     }
-    interp.exit_requested()
+}
+
+/// Evaluates one entry and prints its value or error. Returns the exit
+/// code if the entry asked to end the program.
+pub fn eval_entry(interp: &mut Interpreter, text: &str) -> Option<i32> {
+    match evaluate(interp, text) {
+        Entry::Value(shown) => println!("{}", shown),
+        Entry::Error(rendered) => eprintln!("{}", rendered),
+        Entry::Exit(code) => return Some(code),
+    }
+    None
 }
 
 /// Runs the REPL until Ctrl-D or `exit`; returns the exit status.

@@ -2,6 +2,8 @@
 //! equality. Values are small and `Copy`; everything larger lives in the
 //! traced heap and is referenced by a `Gc` handle.
 
+use std::collections::HashSet;
+
 use crate::heap::{Gc, Heap, Object};
 use crate::symbol::{Sym, Symbols};
 
@@ -163,7 +165,19 @@ impl<'a> Printer<'a> {
             Value::Q(g) => self.write_list(Some(g), '{', '}', depth),
             Value::S(g) => self.write_list(Some(g), '(', ')', depth),
             Value::Str(g) => {
-                let s = self.heap.string(g);
+                let mut s = self.heap.string(g);
+                // Past the limit the text is cut anyway: copy no more.
+                let room = self
+                    .max_len
+                    .saturating_sub(self.out.len())
+                    .saturating_add(1);
+                if s.len() > room {
+                    let mut end = room;
+                    while !s.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    s = &s[..end];
+                }
                 if readable {
                     escape_string(s, &mut self.out);
                 } else {
@@ -260,65 +274,99 @@ impl<'a> Printer<'a> {
 /// numbers numerically across Number and Float, builtins by identity,
 /// lambdas by formals, body and bound arguments, maps by their entries.
 pub fn equal(heap: &Heap, a: Value, b: Value) -> bool {
-    equal_depth(heap, a, b, 0)
+    Equality {
+        heap,
+        cells: 0,
+        equal_pairs: HashSet::new(),
+    }
+    .equal(a, b, 0)
 }
 
-fn equal_depth(heap: &Heap, a: Value, b: Value, depth: usize) -> bool {
-    if depth > PRINT_DEPTH_LIMIT {
-        return a.same(b);
-    }
-    match (a, b) {
-        (Value::Num(x), Value::Num(y)) => x == y,
-        (Value::Float(x), Value::Float(y)) => x == y,
-        (Value::Num(x), Value::Float(y)) | (Value::Float(y), Value::Num(x)) => x as f64 == y,
-        (Value::Str(x), Value::Str(y)) => x == y || heap.string(x) == heap.string(y),
-        (Value::Q(x), Value::Q(y)) | (Value::S(x), Value::S(y)) => {
-            let (mut x, mut y) = (Some(x), Some(y));
-            loop {
-                match (x, y) {
-                    (None, None) => return true,
-                    (Some(cx), Some(cy)) => {
-                        if cx == cy {
-                            return true;
-                        }
-                        let (a, b) = (heap.cons(cx), heap.cons(cy));
-                        if a.len != b.len || !equal_depth(heap, a.head, b.head, depth + 1) {
-                            return false;
-                        }
-                        x = a.tail;
-                        y = b.tail;
-                    }
-                    _ => return false,
+/// List cells compared before pairs found equal are remembered.
+const EQUAL_MEMO_AFTER: usize = 4096;
+
+/// One comparison. Lists share structure (`(list a a)` holds `a` twice), so
+/// a value can be exponentially larger than its heap; after a while, pairs
+/// of cells already found equal are remembered and not compared again,
+/// which keeps the work proportional to the distinct cells.
+struct Equality<'a> {
+    heap: &'a Heap,
+    cells: usize,
+    equal_pairs: HashSet<(Gc, Gc)>,
+}
+
+impl Equality<'_> {
+    fn equal(&mut self, a: Value, b: Value, depth: usize) -> bool {
+        if depth > PRINT_DEPTH_LIMIT {
+            return a.same(b);
+        }
+        let heap = self.heap;
+        match (a, b) {
+            (Value::Num(x), Value::Num(y)) => x == y,
+            (Value::Float(x), Value::Float(y)) => x == y,
+            (Value::Num(x), Value::Float(y)) | (Value::Float(y), Value::Num(x)) => x as f64 == y,
+            (Value::Str(x), Value::Str(y)) => x == y || heap.string(x) == heap.string(y),
+            (Value::Q(x), Value::Q(y)) | (Value::S(x), Value::S(y)) => self.lists(x, y, depth),
+            (Value::Lambda(x), Value::Lambda(y)) => {
+                if x == y {
+                    return true;
                 }
+                let (a, b) = (heap.lambda(x), heap.lambda(y));
+                self.equal(a.proto.formals_value, b.proto.formals_value, depth + 1)
+                    && self.equal(a.proto.body_value, b.proto.body_value, depth + 1)
+                    && a.bound.len() == b.bound.len()
+                    && a.bound
+                        .iter()
+                        .zip(b.bound.iter())
+                        .all(|(p, q)| self.equal(*p, *q, depth + 1))
             }
-        }
-        (Value::Lambda(x), Value::Lambda(y)) => {
-            if x == y {
-                return true;
-            }
-            let (a, b) = (heap.lambda(x), heap.lambda(y));
-            equal_depth(
-                heap,
-                a.proto.formals_value,
-                b.proto.formals_value,
-                depth + 1,
-            ) && equal_depth(heap, a.proto.body_value, b.proto.body_value, depth + 1)
-                && a.bound.len() == b.bound.len()
-                && a.bound
-                    .iter()
-                    .zip(b.bound.iter())
-                    .all(|(p, q)| equal_depth(heap, *p, *q, depth + 1))
-        }
-        (Value::Map(x), Value::Map(y)) => {
-            let (a, b) = (heap.map(x), heap.map(y));
-            x == y
-                || (a.size() == b.size()
+            (Value::Map(x), Value::Map(y)) => {
+                if x == y {
+                    return true;
+                }
+                let (a, b) = (heap.map(x), heap.map(y));
+                a.size() == b.size()
                     && a.iter().all(|(key, (_, v))| {
                         b.get(key)
-                            .is_some_and(|(_, w)| equal_depth(heap, *v, *w, depth + 1))
-                    }))
+                            .is_some_and(|(_, w)| self.equal(*v, *w, depth + 1))
+                    })
+            }
+            _ => a.same(b),
         }
-        _ => a.same(b),
+    }
+
+    fn lists(&mut self, x: Gc, y: Gc, depth: usize) -> bool {
+        let heap = self.heap;
+        let (mut x, mut y) = (Some(x), Some(y));
+        let mut visited: Vec<(Gc, Gc)> = Vec::new();
+        let equal = loop {
+            match (x, y) {
+                (None, None) => break true,
+                (Some(cx), Some(cy)) => {
+                    if cx == cy {
+                        break true;
+                    }
+                    self.cells += 1;
+                    if self.cells > EQUAL_MEMO_AFTER {
+                        if self.equal_pairs.contains(&(cx, cy)) {
+                            break true;
+                        }
+                        visited.push((cx, cy));
+                    }
+                    let (a, b) = (heap.cons(cx), heap.cons(cy));
+                    if a.len != b.len || !self.equal(a.head, b.head, depth + 1) {
+                        break false;
+                    }
+                    x = a.tail;
+                    y = b.tail;
+                }
+                _ => break false,
+            }
+        };
+        if equal {
+            self.equal_pairs.extend(visited);
+        }
+        equal
     }
 }
 

@@ -4,8 +4,8 @@
 //! runs (only at call entry, where every live value is rooted).
 //!
 //! Roots are: the globals, the value stack (call arguments in flight), the
-//! frame stack (scopes of active calls), the protos being run, and the
-//! host's pinned values.
+//! frame stack (scopes of active calls), the protos being run, the scopes
+//! code is being run in, and the host's pinned values.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -84,6 +84,9 @@ pub struct Vm {
     frames: Vec<Gc>,
     /// Code being run that no lambda holds (a root).
     proto_roots: Vec<Rc<Proto>>,
+    /// Scopes code is being run in that no frame may hold, such as the one
+    /// the `let` builtin makes (a root).
+    env_roots: Vec<Gc>,
     /// Values the host keeps alive (a root).
     pub pinned: Vec<Value>,
     compile_cache: HashMap<Gc, Rc<Proto>>,
@@ -100,6 +103,11 @@ pub struct Vm {
     pub span: Span,
     pub files: Vec<String>,
     pub interrupt: Arc<AtomicBool>,
+    /// Calls left before evaluation stops with `step limit exceeded`
+    /// (`None`: unbounded). Counted where the interrupt flag is checked.
+    pub steps_left: Option<u64>,
+    /// Set by the host for untrusted code: `exit` and `load` are Errors.
+    pub sandboxed: bool,
     pub mode: Mode,
     /// Set by `exit`/`shutdown`: the process should end with this code.
     pub exit_code: Option<i32>,
@@ -135,6 +143,7 @@ impl Vm {
             stack: Vec::with_capacity(1024),
             frames: Vec::with_capacity(1024),
             proto_roots: Vec::new(),
+            env_roots: Vec::new(),
             pinned: Vec::new(),
             compile_cache: HashMap::new(),
             depth: 0,
@@ -150,6 +159,8 @@ impl Vm {
             span: Span::NONE,
             files: vec!["<unknown>".to_string()],
             interrupt: Arc::new(AtomicBool::new(false)),
+            steps_left: None,
+            sandboxed: false,
             mode: Mode::Script,
             exit_code: None,
             uncatchable: None,
@@ -218,6 +229,7 @@ impl Vm {
         self.stack.clear();
         self.frames.clear();
         self.proto_roots.clear();
+        self.env_roots.clear();
         self.depth = 0;
         self.uncatchable = None;
     }
@@ -274,12 +286,18 @@ impl Vm {
 
     /// Readable form (`show`, the REPL) or display form (`print`, `str`).
     pub fn format(&self, v: Value, readable: bool) -> String {
+        self.format_limited(v, readable, PRINT_LIMIT)
+    }
+
+    /// Like `format`, but printing stops soon after `max_len` bytes (the
+    /// text then ends in `...`).
+    pub fn format_limited(&self, v: Value, readable: bool, max_len: usize) -> String {
         let mut p = Printer {
             heap: &self.heap,
             syms: &self.syms,
             builtin_names: &self.builtin_names,
             out: String::new(),
-            max_len: PRINT_LIMIT,
+            max_len,
         };
         p.write(v, readable);
         p.out
@@ -293,13 +311,20 @@ impl Vm {
     /// an Error rather than a truncated string.
     pub fn format_checked(&mut self, v: Value, readable: bool) -> Result<String, Gc> {
         let text = self.format(v, readable);
-        if text.len() > PRINT_LIMIT {
+        self.check_text(text.len())?;
+        Ok(text)
+    }
+
+    /// Text of `len` bytes being built for output or a String: past
+    /// `PRINT_LIMIT` it is an Error.
+    pub fn check_text(&mut self, len: usize) -> Result<(), Gc> {
+        if len > PRINT_LIMIT {
             return Err(self.error(format!(
                 "value too large to print (over {} MB of text)",
                 PRINT_LIMIT >> 20
             )));
         }
-        Ok(text)
+        Ok(())
     }
 
     // ---- errors -------------------------------------------------------
@@ -379,6 +404,9 @@ impl Vm {
         for i in 0..self.frames.len() {
             self.heap.mark(self.frames[i]);
         }
+        for i in 0..self.env_roots.len() {
+            self.heap.mark(self.env_roots[i]);
+        }
         for p in self.proto_roots.iter() {
             for v in p.constants.iter() {
                 // Marking through the heap directly: protos are not objects.
@@ -418,6 +446,9 @@ impl Vm {
     /// collecting first if needed. Builtins that build large values call it
     /// before they start.
     pub fn reserve(&mut self, bytes: usize) -> Result<(), Gc> {
+        if self.heap.stressed() {
+            self.collect_with(false);
+        }
         let Some(limit) = self.max_heap else {
             return Ok(());
         };
@@ -540,12 +571,15 @@ impl Vm {
     pub fn run_proto(&mut self, proto: Rc<Proto>, env: Env) -> Result<Value, Gc> {
         let roots = self.proto_roots.len();
         self.proto_roots.push(proto.clone());
+        let envs = self.env_roots.len();
+        self.env_roots.extend(env);
         let stack = self.stack.len();
         let result = match self.exec(&proto.body, env, true) {
             Ok(flow) => self.finish(flow),
             Err(e) => Err(e),
         };
         self.proto_roots.truncate(roots);
+        self.env_roots.truncate(envs);
         self.stack.truncate(stack);
         result
     }
@@ -1119,10 +1153,12 @@ impl Vm {
         self.depth += 1;
         let frames = self.frames.len();
         let roots = self.proto_roots.len();
+        let envs = self.env_roots.len();
         let result = self.apply_loop(base, env, span, name);
         self.depth -= 1;
         self.frames.truncate(frames);
         self.proto_roots.truncate(roots);
+        self.env_roots.truncate(envs);
         if result.is_err() {
             self.stack.truncate(base);
         }
@@ -1186,6 +1222,21 @@ impl Vm {
         }
     }
 
+    /// Keeps `env` alive while this activation runs code in it: a tail
+    /// flow may carry a scope that no frame holds (a `let`'s).
+    #[inline]
+    fn root_env(&mut self, slot: &mut Option<usize>, env: Env) {
+        if let Some(g) = env {
+            match *slot {
+                Some(i) => self.env_roots[i] = g,
+                None => {
+                    *slot = Some(self.env_roots.len());
+                    self.env_roots.push(g);
+                }
+            }
+        }
+    }
+
     fn run_activation(
         &mut self,
         activation: &mut Activation,
@@ -1195,6 +1246,7 @@ impl Vm {
         mut name: Option<Sym>,
     ) -> Result<Value, Gc> {
         let mut eval_root: Option<usize> = None;
+        let mut env_root: Option<usize> = None;
         loop {
             if self.interrupt.load(Ordering::Relaxed) {
                 self.interrupt.store(false, Ordering::Relaxed);
@@ -1202,8 +1254,17 @@ impl Vm {
                 self.uncatchable = Some(e);
                 return Err(e);
             }
+            if let Some(steps) = self.steps_left.as_mut() {
+                if *steps == 0 {
+                    let e = self.error_at("step limit exceeded", span);
+                    self.uncatchable = Some(e);
+                    return Err(e);
+                }
+                *steps -= 1;
+            }
             let mut flow = match self.stack[base] {
                 Value::Builtin(id) => {
+                    self.root_env(&mut env_root, env);
                     let args: SmallVec<[Value; 8]> = SmallVec::from_slice(&self.stack[base + 1..]);
                     self.span = span;
                     let func = self.builtins[id as usize].func;
@@ -1351,6 +1412,7 @@ impl Vm {
                         break;
                     }
                     Flow::Eval { proto, env: e } => {
+                        self.root_env(&mut env_root, e);
                         match eval_root {
                             Some(i) => self.proto_roots[i] = proto.clone(),
                             None => {

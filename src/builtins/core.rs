@@ -267,7 +267,7 @@ builtin!(
         arity(vm, "error", args, 1, 1)?;
         let message = match args[0] {
             Value::Str(g) => vm.heap.string(g).to_string(),
-            other => vm.show(other),
+            other => vm.format_checked(other, true)?,
         };
         Err(vm.error(message))
     }
@@ -320,6 +320,9 @@ builtin!(
     "Ends the process at once with the exit code (output is flushed).",
     |vm, args, env| {
         let code = exit_code(vm, "exit", args)?;
+        if vm.sandboxed {
+            return Err(vm.error("`exit` is not allowed in the sandbox"));
+        }
         vm.request_exit(code);
         Err(vm.exit_error())
     }
@@ -327,7 +330,7 @@ builtin!(
 
 builtin!(SHUTDOWN, "shutdown", "(shutdown [code])", "Stops the async system, flushes output and ends the program with the code; in the REPL it only returns the code.", |vm, args, env| {
     let code = exit_code(vm, "shutdown", args)?;
-    if vm.mode == Mode::Repl {
+    if vm.mode == Mode::Repl || vm.sandboxed {
         return ret(Value::Num(code as i64));
     }
     vm.request_exit(code);

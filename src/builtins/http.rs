@@ -249,6 +249,9 @@ fn future_value(vm: &mut Vm, completion: Arc<Completion>) -> Value {
 }
 
 fn expect_aio(vm: &mut Vm, name: &str, v: Value) -> Result<(), Gc> {
+    if vm.sandboxed {
+        return Err(vm.error(format!("`{}` is not allowed in the sandbox", name)));
+    }
     if host::<AioSystem>(vm, v).is_some() {
         Ok(())
     } else {
@@ -431,6 +434,9 @@ builtin!(AWAIT, "await", "(await future [timeout-ms])", "Waits until the future 
 });
 
 fn aio_ready(vm: &mut Vm, name: &str) -> Result<(), Gc> {
+    if vm.sandboxed {
+        return Err(vm.error(format!("`{}` is not allowed in the sandbox", name)));
+    }
     if aio::enabled() {
         Ok(())
     } else {

@@ -28,6 +28,7 @@ builtin!(
                 line.push(' ');
             }
             line.push_str(&vm.format_checked(a, false)?);
+            vm.check_text(line.len())?;
         }
         line.push('\n');
         write_stdout(&line);
@@ -55,6 +56,9 @@ builtin!(LOAD, "load", "(load path)", "Reads and evaluates a file in the global 
         Value::Str(g) => vm.heap.string(g).to_string(),
         other => return Err(type_error(vm, "load", "a path String", other)),
     };
+    if vm.sandboxed {
+        return Err(vm.error("`load` is not allowed in the sandbox"));
+    }
     ret(vm.load_file(&path)?)
 });
 

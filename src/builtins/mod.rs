@@ -139,7 +139,7 @@ pub fn type_error(vm: &mut Vm, name: &str, wanted: &str, got: Value) -> Gc {
 
 /// The readable form cut to a length fit for an error message.
 pub fn short_show(vm: &Vm, v: Value) -> String {
-    let s = vm.show(v);
+    let s = vm.format_limited(v, true, 64);
     if s.chars().count() > 60 {
         let cut: String = s.chars().take(57).collect();
         format!("{}...", cut)

@@ -57,7 +57,9 @@ builtin!(
         let mut out = String::new();
         for &a in args {
             out.push_str(&vm.format_checked(a, false)?);
+            vm.check_text(out.len())?;
         }
+        vm.reserve(out.len())?;
         ret(vm.heap.string_value(&out))
     }
 );
@@ -70,6 +72,7 @@ builtin!(
     |vm, args, env| {
         arity(vm, "show", args, 1, 1)?;
         let s = vm.format_checked(args[0], true)?;
+        vm.reserve(s.len())?;
         ret(vm.heap.string_value(&s))
     }
 );
@@ -389,6 +392,7 @@ pub fn format(vm: &mut Vm, name: &str, fmt: &str, args: &[Value]) -> Result<Stri
                 return Err(vm.error(format!("`{}` does not know the directive %{}", name, other)));
             }
         };
+        vm.check_text(out.len().saturating_add(body.len()).saturating_add(width))?;
         let len = body.chars().count();
         if len >= width {
             out.push_str(&body);
