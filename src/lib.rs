@@ -61,6 +61,18 @@ impl Default for Limits {
     }
 }
 
+/// Builtins a sandboxed interpreter rebinds to `sandbox/denied`: single
+/// names, and whole families by prefix (so later additions to a family are
+/// covered). `exit`, `load` and the network builtins also check
+/// `Vm::sandboxed` themselves.
+const SANDBOX_DENIED_NAMES: &[&str] = &["import"];
+const SANDBOX_DENIED_FAMILIES: &[&str] = &["file/", "env/", "os/", "process/"];
+
+fn sandbox_denied(vm: &mut Vm, _args: &[Value], _env: heap::Env) -> Result<vm::Flow, heap::Gc> {
+    Err(vm
+        .error("not allowed in the sandbox (files, the environment, the network and exit are off)"))
+}
+
 /// The outcome of evaluating text: a value's readable form, or a rendered
 /// Error (message, location, trace).
 pub type Outcome = Result<String, String>;
@@ -76,14 +88,38 @@ impl Interpreter {
         Interpreter { vm }
     }
 
-    /// An interpreter for code that must not end the process, read files
-    /// or use the network: REPL mode (`shutdown` only returns its code),
-    /// `exit`, `load`, the async system and `http2/…` are Errors, and the
-    /// given limits apply. Call
-    /// `vm.set_native_stack` on the thread that will run it.
+    /// An interpreter for code that must not end the process, touch files
+    /// or the environment, or use the network: REPL mode (`shutdown` only
+    /// returns its code); `exit`, `load`, `import`, the `file/` and `env/`
+    /// families, the async system and `http2/…` are Errors; the given
+    /// limits apply. Call `vm.set_native_stack` on the thread that will
+    /// run it.
     pub fn sandboxed(limits: Limits) -> Interpreter {
         let mut interp = Interpreter::new(Mode::Repl);
         interp.vm.sandboxed = true;
+        let denied: Vec<&'static str> = interp
+            .vm
+            .builtins
+            .iter()
+            .map(|b| b.name)
+            .filter(|name| {
+                SANDBOX_DENIED_NAMES.contains(name)
+                    || SANDBOX_DENIED_FAMILIES.iter().any(|f| name.starts_with(f))
+            })
+            .collect();
+        interp.vm.define_builtin(
+            "sandbox/denied",
+            "(sandbox/denied _)",
+            "Raises an Error: what a sandboxed interpreter binds in place of builtins that reach outside it.",
+            sandbox_denied,
+        );
+        let stand_in = interp.vm.syms.intern("sandbox/denied");
+        if let Some(v) = interp.vm.global(stand_in) {
+            for name in denied {
+                let sym = interp.vm.syms.intern(name);
+                interp.vm.set_global(sym, v);
+            }
+        }
         interp.vm.steps_left = limits.steps;
         if limits.heap_bytes.is_some() {
             interp.vm.max_heap = limits.heap_bytes;

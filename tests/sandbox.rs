@@ -174,3 +174,43 @@ fn values_stay_rooted_when_the_collector_runs_often() {
         }
     }
 }
+
+#[test]
+fn sandbox_denies_files_environment_and_imports() {
+    let scratch = std::env::temp_dir().join(format!("valk-sandbox-{}", std::process::id()));
+    let scratch = scratch.display().to_string();
+    let kept = format!("{scratch}-kept");
+    std::fs::write(&kept, "kept").unwrap();
+    let cases = [
+        "(file/read \"Cargo.toml\")".to_string(),
+        format!("(file/write \"{scratch}\" \"x\")"),
+        format!("(file/append \"{scratch}\" \"x\")"),
+        "(file/exists? \"Cargo.toml\")".to_string(),
+        "(file/list \".\")".to_string(),
+        format!("(file/remove \"{kept}\")"),
+        "(env/get \"HOME\")".to_string(),
+        "(import \"src/prelude.valk\")".to_string(),
+        "(def {f} file/read) (f \"Cargo.toml\")".to_string(),
+    ];
+    for src in &cases {
+        let out = run(src);
+        assert!(out.contains("not allowed in the sandbox"), "{src}: {out}");
+    }
+    assert!(!std::path::Path::new(&scratch).exists());
+    assert!(std::path::Path::new(&kept).exists());
+    let _ = std::fs::remove_file(&kept);
+    // Every builtin of a denied family is covered, including later ones.
+    let interp = Interpreter::sandboxed(fuzz_limits());
+    for b in &interp.vm.builtins {
+        if ["file/", "env/"].iter().any(|f| b.name.starts_with(f)) || b.name == "import" {
+            let sym = interp.vm.syms.lookup(b.name).unwrap();
+            let bound = interp.vm.global(sym).map(|v| interp.vm.show(v));
+            assert_eq!(
+                bound.as_deref(),
+                Some("<builtin sandbox/denied>"),
+                "{}",
+                b.name
+            );
+        }
+    }
+}
