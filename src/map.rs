@@ -25,6 +25,12 @@ const I64_END_F: f64 = 9_223_372_036_854_775_808.0;
 /// How deeply a Q-expression key may nest.
 const KEY_DEPTH_LIMIT: usize = 64;
 
+/// How many elements a Q-expression key may hold, nested ones included.
+/// Lists share structure (`(list a a)` holds `a` twice), so a key of a few
+/// cells can stand for exponentially many elements; its projection is not
+/// built past this.
+const KEY_ELEMENT_LIMIT: usize = 100_000;
+
 /// The hashable projection of a key value.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum MapKey {
@@ -42,10 +48,16 @@ pub struct NotAKey(pub &'static str);
 impl MapKey {
     /// The key for `v`, or why it cannot be one.
     pub fn of(heap: &Heap, v: Value) -> Result<MapKey, NotAKey> {
-        Self::of_depth(heap, v, 0)
+        let mut elements = 0;
+        Self::of_depth(heap, v, 0, &mut elements)
     }
 
-    fn of_depth(heap: &Heap, v: Value, depth: usize) -> Result<MapKey, NotAKey> {
+    fn of_depth(
+        heap: &Heap,
+        v: Value,
+        depth: usize,
+        elements: &mut usize,
+    ) -> Result<MapKey, NotAKey> {
         match v {
             Value::Num(n) => Ok(MapKey::Int(n)),
             Value::Float(f) => {
@@ -64,10 +76,14 @@ impl MapKey {
                 if depth >= KEY_DEPTH_LIMIT {
                     return Err(NotAKey("a Q-expression nested this deeply"));
                 }
+                *elements += heap.list_len(v);
+                if *elements > KEY_ELEMENT_LIMIT {
+                    return Err(NotAKey("a Q-expression of more than 100000 elements"));
+                }
                 let items = heap
                     .list_items(v)
                     .into_iter()
-                    .map(|item| Self::of_depth(heap, item, depth + 1))
+                    .map(|item| Self::of_depth(heap, item, depth + 1, elements))
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(MapKey::List(items.into()))
             }
