@@ -112,7 +112,8 @@ pub struct Proto {
     pub formals: Vec<Sym>,
     /// The `&` rest formal, whose slot follows the fixed ones.
     pub rest: Option<Sym>,
-    pub body: Code,
+    /// The body, lowered to ops.
+    pub code: crate::lower::Ops,
     /// Every heap value the code refers to (traced by the collector).
     pub constants: Vec<Value>,
     pub formals_value: Value,
@@ -259,7 +260,7 @@ impl<'a> Compiler<'a> {
         Ok(Rc::new(Proto {
             formals: Vec::new(),
             rest: None,
-            body,
+            code: crate::lower::lower(body),
             constants: self.constants,
             formals_value: Value::Nil,
             body_value: v,
@@ -312,7 +313,7 @@ impl<'a> Compiler<'a> {
         Ok(Rc::new(Proto {
             formals: formals.fixed,
             rest: formals.rest,
-            body,
+            code: crate::lower::lower(body),
             constants: c.constants,
             formals_value,
             body_value,

@@ -76,6 +76,10 @@ pub struct Scope {
     /// its call. An uncaptured frame is freed (or reused) as soon as its
     /// call ends, without waiting for the collector.
     pub captured: bool,
+    /// While the call that made this frame runs: where its formals also
+    /// sit on the VM's value stack (start, count). Kept equal to the
+    /// bindings by `Vm::assign`.
+    pub locals: Option<(u32, u32)>,
 }
 
 /// A host object exposed to Valkyria as a Ref.
@@ -462,6 +466,7 @@ impl Heap {
                 b.func = func;
                 b.tail = tail;
                 b.captured = false;
+                b.locals = None;
                 b
             }
             None => Box::new(Scope {
@@ -471,6 +476,7 @@ impl Heap {
                 func,
                 tail,
                 captured: false,
+                locals: None,
             }),
         };
         self.alloc(Object::Scope(scope))
@@ -497,6 +503,7 @@ impl Heap {
             scope.func = func;
             scope.tail = tail;
             scope.captured = false;
+            scope.locals = None;
             return g;
         }
         self.new_scope(&[], parent, caller, func, tail)

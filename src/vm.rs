@@ -18,6 +18,7 @@ use smallvec::SmallVec;
 use crate::compile::{Code, Compiler, Inline, PrimOp, Proto, SpecialForms};
 use crate::error::{ErrorData, Span};
 use crate::heap::{Env, Gc, Heap, Lambda, Object};
+use crate::lower::Op;
 use crate::symbol::{Sym, Symbols};
 use crate::value::{equal, Printer, Value};
 
@@ -53,9 +54,60 @@ pub enum Flow {
 
 /// One call in progress: its current frame, and whether a tail call
 /// replaced the first one.
+#[derive(Default)]
 struct Activation {
     frame: Option<Gc>,
+    /// Where the frame sits in `Vm::frames`.
+    frame_index: usize,
     replaced: bool,
+    /// Where this call's entries in `Vm::proto_roots` and `Vm::env_roots`
+    /// start, once it has any.
+    eval_root: Option<usize>,
+    env_root: Option<usize>,
+}
+
+/// A frame of the explicit frame stack: code being run, where, and in
+/// which scope. Lisp calls have an activation; top-level code and code
+/// run by `eval` from a builtin do not.
+struct Frame {
+    code: Rc<Proto>,
+    pc: usize,
+    env: Env,
+    /// Height of the value stack below this frame's values (for a call,
+    /// where its function was).
+    base: usize,
+    /// Where the call's formals sit on the value stack.
+    fp: usize,
+    /// Above the formals: where the frame's operands start.
+    top: usize,
+    act: Option<Activation>,
+    /// Call site and function name, for call traces.
+    span: Span,
+    name: Option<Sym>,
+}
+
+/// What a call in tail position leads to.
+enum Next {
+    /// The running frame returns this value.
+    Return(Value),
+    /// Continue with the frame now on top (replaced or pushed).
+    Enter,
+}
+
+/// `op` on two Numbers; `None` on overflow.
+#[inline(always)]
+fn prim_numbers(op: PrimOp, a: i64, b: i64) -> Option<Value> {
+    match op {
+        PrimOp::Add => a.checked_add(b).map(Value::Num),
+        PrimOp::Sub => a.checked_sub(b).map(Value::Num),
+        PrimOp::Mul => a.checked_mul(b).map(Value::Num),
+        PrimOp::Lt => Some(Value::bool(a < b)),
+        PrimOp::Gt => Some(Value::bool(a > b)),
+        PrimOp::Le => Some(Value::bool(a <= b)),
+        PrimOp::Ge => Some(Value::bool(a >= b)),
+        PrimOp::Eq => Some(Value::bool(a == b)),
+        PrimOp::Ne => Some(Value::bool(a != b)),
+    }
 }
 
 /// How `shutdown` and `exit` behave.
@@ -80,6 +132,8 @@ pub struct Vm {
     pub forms: SpecialForms,
     /// Call arguments in flight (a root).
     pub stack: Vec<Value>,
+    /// The frame stack of running code (a root: scopes and protos).
+    calls: Vec<Frame>,
     /// Scopes of active calls and `let`s (a root).
     frames: Vec<Gc>,
     /// Code being run that no lambda holds (a root).
@@ -93,7 +147,10 @@ pub struct Vm {
     depth: usize,
     pub max_depth: usize,
     /// Bit `i`: the inlined form named by symbol `i` still holds its builtin.
-    intact_forms: u128,
+    intact_forms: [bool; 128],
+    /// Calls left before the interrupt flag and the step budget are looked
+    /// at again (checking them on every call costs more than the call).
+    fuel: u32,
     /// `VALK_MAX_HEAP_MB`: live heap beyond this is an Error.
     pub max_heap: Option<usize>,
     /// Native stack: the address near its base and how much may be used.
@@ -141,6 +198,7 @@ impl Vm {
             builtin_names: Vec::new(),
             forms: SpecialForms::default(),
             stack: Vec::with_capacity(1024),
+            calls: Vec::with_capacity(256),
             frames: Vec::with_capacity(1024),
             proto_roots: Vec::new(),
             env_roots: Vec::new(),
@@ -148,7 +206,8 @@ impl Vm {
             compile_cache: HashMap::new(),
             depth: 0,
             max_depth: DEFAULT_MAX_DEPTH,
-            intact_forms: 0,
+            intact_forms: [false; 128],
+            fuel: 1,
             max_heap: std::env::var("VALK_MAX_HEAP_MB")
                 .ok()
                 .and_then(|s| s.trim().parse::<usize>().ok())
@@ -227,6 +286,7 @@ impl Vm {
     /// (an internal panic caught by the REPL). Definitions are kept.
     pub fn recover(&mut self) {
         self.stack.clear();
+        self.calls.clear();
         self.frames.clear();
         self.proto_roots.clear();
         self.env_roots.clear();
@@ -407,6 +467,14 @@ impl Vm {
         for i in 0..self.env_roots.len() {
             self.heap.mark(self.env_roots[i]);
         }
+        for frame in self.calls.iter() {
+            if let Some(g) = frame.env {
+                self.heap.mark(g);
+            }
+            for v in frame.code.constants.iter() {
+                self.heap.mark_value(*v);
+            }
+        }
         for p in self.proto_roots.iter() {
             for v in p.constants.iter() {
                 // Marking through the heap directly: protos are not objects.
@@ -569,19 +637,19 @@ impl Vm {
 
     /// Runs compiled code to completion (tail calls included).
     pub fn run_proto(&mut self, proto: Rc<Proto>, env: Env) -> Result<Value, Gc> {
-        let roots = self.proto_roots.len();
-        self.proto_roots.push(proto.clone());
-        let envs = self.env_roots.len();
-        self.env_roots.extend(env);
-        let stack = self.stack.len();
-        let result = match self.exec(&proto.body, env, true) {
-            Ok(flow) => self.finish(flow),
-            Err(e) => Err(e),
-        };
-        self.proto_roots.truncate(roots);
-        self.env_roots.truncate(envs);
-        self.stack.truncate(stack);
-        result
+        let base = self.stack.len();
+        self.calls.push(Frame {
+            code: proto,
+            pc: 0,
+            env,
+            base,
+            fp: base,
+            top: base,
+            act: None,
+            span: Span::NONE,
+            name: None,
+        });
+        self.run(self.calls.len() - 1)
     }
 
     /// Completes a flow produced in tail position.
@@ -655,7 +723,7 @@ impl Vm {
     /// Whether an inlined special form's name still holds its builtin.
     #[inline]
     fn intact<T>(&self, node: &Inline<T>) -> bool {
-        self.intact_forms & (1u128 << (node.form.0 & 127)) != 0
+        self.intact_forms[(node.form.0 & 127) as usize]
     }
 
     /// Recomputes whether an inlined form's name still holds its builtin.
@@ -669,11 +737,7 @@ impl Vm {
             (Some(Value::Builtin(id)), Some(o)) => id as usize == o,
             _ => false,
         };
-        if holds {
-            self.intact_forms |= 1u128 << sym.0;
-        } else {
-            self.intact_forms &= !(1u128 << sym.0);
-        }
+        self.intact_forms[(sym.0 & 127) as usize] = holds;
     }
 
     fn exec_generic<T>(&mut self, node: &Inline<T>, env: Env, tail: bool) -> Result<Flow, Gc> {
@@ -909,23 +973,24 @@ impl Vm {
                 }
             }
         }
-        self.prim_slow(node, env, left, right)
+        self.prim_slow(node.form, node.span, env, left, right)
     }
 
     #[inline(never)]
     fn prim_slow(
         &mut self,
-        node: &Inline<crate::compile::PrimNode>,
+        form: Sym,
+        span: Span,
         env: Env,
         left: Value,
         right: Value,
     ) -> Result<Value, Gc> {
-        let f = self.lookup(node.form, env, node.span)?;
+        let f = self.lookup(form, env, span)?;
         let base = self.stack.len();
         self.stack.extend_from_slice(&[f, left, right]);
-        let name = Some(node.form);
+        let name = Some(form);
         if let Value::Builtin(_) | Value::Lambda(_) = f {
-            self.apply(base, env, node.span, name)
+            self.apply(base, env, span, name)
         } else {
             // Not a function any more: a sequence, whose value is the last.
             self.stack.truncate(base);
@@ -1043,8 +1108,17 @@ impl Vm {
             None => self.set_global(sym, v),
             Some(g) => {
                 let scope = self.heap.scope_mut(g);
-                match scope.vars.iter_mut().find(|(k, _)| *k == sym) {
-                    Some(slot) => slot.1 = v,
+                match scope.vars.iter().position(|(k, _)| *k == sym) {
+                    Some(i) => {
+                        scope.vars[i].1 = v;
+                        // A formal of a running call: its copy on the
+                        // stack changes too.
+                        if let Some((fp, n)) = scope.locals {
+                            if i < n as usize {
+                                self.stack[fp as usize + i] = v;
+                            }
+                        }
+                    }
                     None => scope.vars.push((sym, v)),
                 }
             }
@@ -1054,10 +1128,17 @@ impl Vm {
     // ---- name resolution ---------------------------------------------
 
     /// Looks a symbol up: scope chain, globals, then the callers' scopes.
+    #[inline]
     pub fn lookup(&mut self, sym: Sym, env: Env, span: Span) -> Result<Value, Gc> {
-        if let Some(v) = self.lookup_lexical(sym, env) {
-            return Ok(v);
+        match self.lookup_lexical(sym, env) {
+            Some(v) => Ok(v),
+            None => self.lookup_fallback(sym, env, span),
         }
+    }
+
+    /// Dynamic fallback, or the unbound-symbol Error.
+    #[inline(never)]
+    fn lookup_fallback(&mut self, sym: Sym, env: Env, span: Span) -> Result<Value, Gc> {
         if let Some(v) = self.lookup_dynamic(sym, env) {
             return Ok(v);
         }
@@ -1150,52 +1231,143 @@ impl Vm {
             let limit = self.max_depth;
             return Err(self.error_at(format!("stack depth exceeded (limit {})", limit), span));
         }
+        if let Value::Lambda(_) = self.stack[base] {
+            let stop = self.calls.len();
+            return match self.enter_call(base, env, span, name) {
+                Ok(Some(v)) => Ok(v),
+                Ok(None) => self.run(stop),
+                Err(e) => Err(self.unwind(stop, e, false)),
+            };
+        }
         self.depth += 1;
-        let frames = self.frames.len();
-        let roots = self.proto_roots.len();
-        let envs = self.env_roots.len();
-        let result = self.apply_loop(base, env, span, name);
+        let mut activation = Activation::default();
+        let result = self.apply_builtin(&mut activation, base, env, span, name);
         self.depth -= 1;
-        self.frames.truncate(frames);
-        self.proto_roots.truncate(roots);
-        self.env_roots.truncate(envs);
+        self.end_activation(activation);
         if result.is_err() {
             self.stack.truncate(base);
         }
         result
     }
 
-    fn apply_loop(
+    /// `apply` of a builtin: it may answer with a tail call or a tail
+    /// evaluation, which are made here.
+    fn apply_builtin(
         &mut self,
+        activation: &mut Activation,
         base: usize,
-        env: Env,
-        span: Span,
-        name: Option<Sym>,
+        mut env: Env,
+        mut span: Span,
+        mut name: Option<Sym>,
     ) -> Result<Value, Gc> {
-        let mut activation = Activation {
-            frame: None,
-            replaced: false,
-        };
-        let result = self.run_activation(&mut activation, base, env, span, name);
-        self.end_activation(activation);
-        result
+        loop {
+            self.fuel -= 1;
+            if self.fuel == 0 {
+                self.refuel(span)?;
+            }
+            match self.stack[base] {
+                Value::Builtin(id) => {
+                    self.root_env(&mut activation.env_root, env);
+                    let args: SmallVec<[Value; 8]> = SmallVec::from_slice(&self.stack[base + 1..]);
+                    self.span = span;
+                    let func = self.builtins[id as usize].func;
+                    match func(self, &args, env)? {
+                        Flow::Value(v) => {
+                            self.stack.truncate(base);
+                            return Ok(v);
+                        }
+                        Flow::Call {
+                            base: b,
+                            env: e,
+                            span: s,
+                            name: n,
+                        } => {
+                            // The tail call's function and arguments sit
+                            // above this call's: move them down.
+                            if b != base {
+                                self.stack.drain(base..b);
+                            }
+                            env = e;
+                            span = s;
+                            name = n;
+                        }
+                        Flow::Eval { proto, env: e } => {
+                            self.stack.truncate(base);
+                            return self.run_proto(proto, e);
+                        }
+                    }
+                }
+                Value::Lambda(_) => {
+                    let stop = self.calls.len();
+                    return match self.enter_call(base, env, span, name) {
+                        Ok(Some(v)) => Ok(v),
+                        Ok(None) => self.run(stop),
+                        Err(e) => Err(self.unwind(stop, e, false)),
+                    };
+                }
+                other => {
+                    self.stack.truncate(base);
+                    let what = other.type_name();
+                    return Err(self.error_at(format!("expected a function, got {}", what), span));
+                }
+            }
+        }
+    }
+
+    /// Checks the interrupt flag and the step budget, and sets how many
+    /// calls may pass before the next check.
+    #[cold]
+    #[inline(never)]
+    fn refuel(&mut self, span: Span) -> Result<(), Gc> {
+        if self.interrupt.load(Ordering::Relaxed) {
+            self.interrupt.store(false, Ordering::Relaxed);
+            self.fuel = 1;
+            let e = self.error_at("interrupted", span);
+            self.uncatchable = Some(e);
+            return Err(e);
+        }
+        match self.steps_left.as_mut() {
+            Some(steps) => {
+                if *steps == 0 {
+                    self.fuel = 1;
+                    let e = self.error_at("step limit exceeded", span);
+                    self.uncatchable = Some(e);
+                    return Err(e);
+                }
+                *steps -= 1;
+                // Counted one call at a time.
+                self.fuel = 1;
+            }
+            None => self.fuel = 1024,
+        }
+        Ok(())
     }
 
     /// Ends a call: clears the caller links of its frames (they are only
     /// for dynamic lookups while it runs) and frees its frame at once if
     /// nothing captured it and no tail call replaced it.
     fn end_activation(&mut self, activation: Activation) {
+        if let Some(i) = activation.eval_root {
+            self.proto_roots.truncate(i);
+        }
+        if let Some(i) = activation.env_root {
+            self.env_roots.truncate(i);
+        }
         let Some(frame) = activation.frame else {
             return;
         };
-        let mut current = Some(frame);
-        while let Some(g) = current {
+        self.frames.truncate(activation.frame_index);
+        let scope = self.heap.scope_mut(frame);
+        let mut next = if scope.tail { scope.caller } else { None };
+        scope.caller = None;
+        scope.locals = None;
+        let captured = scope.captured;
+        while let Some(g) = next.and_then(|c| self.frame_of(c)) {
             let scope = self.heap.scope_mut(g);
-            let next = if scope.tail { scope.caller } else { None };
+            next = if scope.tail { scope.caller } else { None };
             scope.caller = None;
-            current = next.and_then(|c| self.frame_of(c));
         }
-        if !activation.replaced && !self.heap.scope(frame).captured {
+        if !activation.replaced && !captured {
             self.heap.free_scope(frame);
         }
     }
@@ -1237,196 +1409,554 @@ impl Vm {
         }
     }
 
-    fn run_activation(
+    /// Binds a call of the lambda at `stack[base]` to the arguments above
+    /// it, in a new frame or (a self tail call) `activation`'s frame reused
+    /// in place. Pops the function and arguments. `Ok(Err(v))`: too few
+    /// arguments, `v` is the partial application.
+    fn bind(
         &mut self,
         activation: &mut Activation,
         base: usize,
+        env: Env,
+        span: Span,
+        name: Option<Sym>,
+    ) -> Result<Result<(Rc<Proto>, Gc), Value>, Gc> {
+        let Value::Lambda(g) = self.stack[base] else {
+            unreachable!("bind is only called for lambdas")
+        };
+        let lambda = self.heap.lambda(g);
+        let proto = lambda.proto.clone();
+        let lambda_env = lambda.env;
+        let nbound = lambda.bound.len();
+        let nargs = self.stack.len() - base - 1;
+        let total = nbound + nargs;
+        let nfixed = proto.formals.len();
+        if total < nfixed {
+            // Partial application: a new function with these bound.
+            let mut bound = self.heap.lambda(g).bound.clone();
+            bound.extend_from_slice(&self.stack[base + 1..]);
+            self.stack.truncate(base);
+            return Ok(Err(self.make_lambda(proto, lambda_env, bound)));
+        }
+        if proto.rest.is_none() && total > nfixed {
+            self.stack.truncate(base);
+            let e = self.error_at(
+                format!(
+                    "expected {} argument{}, got {}",
+                    nfixed,
+                    if nfixed == 1 { "" } else { "s" },
+                    total
+                ),
+                span,
+            );
+            return Err(self.trace(e, name, span));
+        }
+        let rest_list = match proto.rest {
+            Some(_) => {
+                let extra: SmallVec<[Value; 8]> = (nfixed..total)
+                    .map(|i| {
+                        if i < nbound {
+                            self.heap.lambda(g).bound[i]
+                        } else {
+                            self.stack[base + 1 + i - nbound]
+                        }
+                    })
+                    .collect();
+                self.heap.qlist(&extra)
+            }
+            None => Value::Nil,
+        };
+        let scope = match activation.frame {
+            Some(fr) if self.reusable(fr, &proto) => {
+                // A self tail call: the frame's bindings are dead, so it
+                // is reused in place.
+                let s = self.heap.scope_mut(fr);
+                s.vars.clear();
+                s.parent = lambda_env;
+                fr
+            }
+            _ => {
+                let (caller, is_tail) = match activation.frame {
+                    None => (env, false),
+                    Some(fr) => {
+                        activation.replaced = true;
+                        // Its formals on the stack are about to be
+                        // overwritten.
+                        self.heap.scope_mut(fr).locals = None;
+                        self.tail_caller(fr, env, &proto)
+                    }
+                };
+                let scope = self
+                    .heap
+                    .take_scope(lambda_env, caller, Some(proto.clone()), is_tail);
+                match activation.frame {
+                    None => {
+                        activation.frame_index = self.frames.len();
+                        self.frames.push(scope);
+                    }
+                    Some(_) => self.frames[activation.frame_index] = scope,
+                }
+                scope
+            }
+        };
+        // Bind the formals: bound arguments first, then the arguments on
+        // the stack.
+        if nbound == 0 {
+            let Vm { heap, stack, .. } = self;
+            let vars = &mut heap.scope_mut(scope).vars;
+            vars.extend(
+                proto
+                    .formals
+                    .iter()
+                    .copied()
+                    .zip(stack[base + 1..].iter().copied()),
+            );
+        } else {
+            let bound: SmallVec<[Value; 8]> = SmallVec::from_slice(&self.heap.lambda(g).bound);
+            let Vm { heap, stack, .. } = self;
+            let vars = &mut heap.scope_mut(scope).vars;
+            for (i, sym) in proto.formals.iter().enumerate() {
+                let v = if i < nbound {
+                    bound[i]
+                } else {
+                    stack[base + 1 + i - nbound]
+                };
+                vars.push((*sym, v));
+            }
+        }
+        if let Some(rest) = proto.rest {
+            self.heap.scope_mut(scope).vars.push((rest, rest_list));
+        }
+        // The formals also sit on the value stack, above the function, in
+        // slot order: that is where the code reads them.
+        let nslots = proto.slot_count();
+        if nbound != 0 || proto.rest.is_some() {
+            let Vm { heap, stack, .. } = self;
+            stack.truncate(base + 1);
+            stack.extend(heap.scope(scope).vars.iter().map(|(_, v)| *v));
+        }
+        self.heap.scope_mut(scope).locals = Some((base as u32 + 1, nslots as u32));
+        activation.frame = Some(scope);
+        Ok(Ok((proto, scope)))
+    }
+
+    /// Starts a (non-tail) call of the lambda at `stack[base]`: pushes its
+    /// frame, which `run` then executes. `Some(v)`: no frame was needed
+    /// (partial application). After an Error, frames above the caller's may
+    /// remain for `unwind` to pop.
+    fn enter_call(
+        &mut self,
+        base: usize,
+        env: Env,
+        span: Span,
+        name: Option<Sym>,
+    ) -> Result<Option<Value>, Gc> {
+        if self.depth >= self.max_depth {
+            self.stack.truncate(base);
+            let limit = self.max_depth;
+            return Err(self.error_at(format!("stack depth exceeded (limit {})", limit), span));
+        }
+        self.fuel -= 1;
+        if self.fuel == 0 {
+            if let Err(e) = self.refuel(span) {
+                self.stack.truncate(base);
+                return Err(e);
+            }
+        }
+        let mut activation = Activation::default();
+        let (proto, scope) = match self.bind(&mut activation, base, env, span, name) {
+            Ok(Ok(bound)) => bound,
+            Ok(Err(v)) => return Ok(Some(v)),
+            Err(e) => {
+                self.end_activation(activation);
+                return Err(e);
+            }
+        };
+        self.depth += 1;
+        let top = base + 1 + proto.slot_count();
+        self.calls.push(Frame {
+            code: proto,
+            pc: 0,
+            env: Some(scope),
+            base,
+            fp: base + 1,
+            top,
+            act: Some(activation),
+            span,
+            name,
+        });
+        self.safe_point()?;
+        Ok(None)
+    }
+
+    /// Pops frames down to `stop` after an Error, adding each call to the
+    /// Error's trace (except the innermost when `skip_top`: that call was
+    /// already traced, or is a tail call of a builtin).
+    #[inline(never)]
+    fn unwind(&mut self, stop: usize, mut e: Gc, mut skip_top: bool) -> Gc {
+        while self.calls.len() > stop {
+            let Some(frame) = self.calls.pop() else { break };
+            self.stack.truncate(frame.base);
+            if let Some(act) = frame.act {
+                self.depth -= 1;
+                if !skip_top {
+                    e = self.trace(e, frame.name, frame.span);
+                }
+                self.end_activation(act);
+            }
+            skip_top = false;
+        }
+        e
+    }
+
+    /// Calls the builtin at `stack[base]` (not in tail position).
+    #[inline]
+    fn call_builtin(&mut self, id: u32, base: usize, env: Env, span: Span) -> Result<Value, Gc> {
+        let args: SmallVec<[Value; 4]> = SmallVec::from_slice(&self.stack[base + 1..]);
+        self.span = span;
+        let func = self.builtins[id as usize].func;
+        let result = match func(self, &args, env) {
+            Ok(Flow::Value(v)) => Ok(v),
+            Ok(flow) => self.finish(flow),
+            Err(e) => Err(e),
+        };
+        self.stack.truncate(base);
+        result
+    }
+
+    /// Makes frame `f` run `proto` in `env` from its start (a tail
+    /// evaluation: the call it belongs to continues).
+    fn switch_code(&mut self, f: usize, proto: Rc<Proto>, env: Env) {
+        let frame = &mut self.calls[f];
+        self.stack.truncate(frame.top);
+        frame.code = proto;
+        frame.pc = 0;
+        frame.env = env;
+    }
+
+    /// A call in tail position of frame `f`, of the function at
+    /// `stack[base]` (`base` is the frame's base). Frames of top-level code
+    /// have no call to replace, so they make an ordinary call (their next op
+    /// returns its value). The error flag says whether the frame is already
+    /// traced.
+    fn tail_dispatch(
+        &mut self,
+        f: usize,
+        mut callee: usize,
         mut env: Env,
         mut span: Span,
         mut name: Option<Sym>,
-    ) -> Result<Value, Gc> {
-        let mut eval_root: Option<usize> = None;
-        let mut env_root: Option<usize> = None;
+    ) -> Result<Next, (Gc, bool)> {
         loop {
-            if self.interrupt.load(Ordering::Relaxed) {
-                self.interrupt.store(false, Ordering::Relaxed);
-                let e = self.error_at("interrupted", span);
-                self.uncatchable = Some(e);
-                return Err(e);
-            }
-            if let Some(steps) = self.steps_left.as_mut() {
-                if *steps == 0 {
-                    let e = self.error_at("step limit exceeded", span);
-                    self.uncatchable = Some(e);
-                    return Err(e);
+            // Root the environment: it may be a `let` scope nothing holds.
+            self.calls[f].env = env;
+            match self.stack[callee] {
+                Value::Lambda(_) => {
+                    let Some(mut activation) = self.calls[f].act.take() else {
+                        return match self.enter_call(callee, env, span, name) {
+                            Ok(Some(v)) => {
+                                self.stack.push(v);
+                                Ok(Next::Enter)
+                            }
+                            Ok(None) => Ok(Next::Enter),
+                            Err(e) => Err((e, false)),
+                        };
+                    };
+                    self.fuel -= 1;
+                    if self.fuel == 0 {
+                        if let Err(e) = self.refuel(span) {
+                            self.calls[f].act = Some(activation);
+                            return Err((e, true));
+                        }
+                    }
+                    // The call replaces this one: move it down to where
+                    // this call's function was.
+                    let base = self.calls[f].base;
+                    if callee != base {
+                        self.stack.drain(base..callee);
+                    }
+                    let bound = self.bind(&mut activation, base, env, span, name);
+                    self.calls[f].act = Some(activation);
+                    return match bound {
+                        Ok(Ok((proto, scope))) => {
+                            let frame = &mut self.calls[f];
+                            frame.fp = base + 1;
+                            frame.top = base + 1 + proto.slot_count();
+                            frame.code = proto;
+                            frame.pc = 0;
+                            frame.env = Some(scope);
+                            frame.span = span;
+                            frame.name = name;
+                            match self.safe_point() {
+                                Ok(()) => Ok(Next::Enter),
+                                Err(e) => Err((e, false)),
+                            }
+                        }
+                        Ok(Err(v)) => Ok(Next::Return(v)),
+                        Err(e) => Err((e, true)),
+                    };
                 }
-                *steps -= 1;
-            }
-            let mut flow = match self.stack[base] {
                 Value::Builtin(id) => {
-                    self.root_env(&mut env_root, env);
-                    let args: SmallVec<[Value; 8]> = SmallVec::from_slice(&self.stack[base + 1..]);
+                    let args: SmallVec<[Value; 8]> =
+                        SmallVec::from_slice(&self.stack[callee + 1..]);
                     self.span = span;
                     let func = self.builtins[id as usize].func;
-                    let flow = func(self, &args, env)?;
-                    // A tail call's function and arguments sit above this
-                    // call's; they are moved down below.
-                    if !matches!(flow, Flow::Call { .. }) {
-                        self.stack.truncate(base);
-                    }
-                    flow
-                }
-                Value::Lambda(g) => {
-                    let lambda = self.heap.lambda(g);
-                    let proto = lambda.proto.clone();
-                    let lambda_env = lambda.env;
-                    let nbound = lambda.bound.len();
-                    let nargs = self.stack.len() - base - 1;
-                    let total = nbound + nargs;
-                    let nfixed = proto.formals.len();
-                    if total < nfixed {
-                        // Partial application: a new function with these bound.
-                        let mut bound = self.heap.lambda(g).bound.clone();
-                        bound.extend_from_slice(&self.stack[base + 1..]);
-                        self.stack.truncate(base);
-                        return Ok(self.make_lambda(proto, lambda_env, bound));
-                    }
-                    if proto.rest.is_none() && total > nfixed {
-                        self.stack.truncate(base);
-                        let e = self.error_at(
-                            format!(
-                                "expected {} argument{}, got {}",
-                                nfixed,
-                                if nfixed == 1 { "" } else { "s" },
-                                total
-                            ),
-                            span,
-                        );
-                        return Err(self.trace(e, name, span));
-                    }
-                    let rest_list = match proto.rest {
-                        Some(_) => {
-                            let extra: SmallVec<[Value; 8]> = (nfixed..total)
-                                .map(|i| {
-                                    if i < nbound {
-                                        self.heap.lambda(g).bound[i]
-                                    } else {
-                                        self.stack[base + 1 + i - nbound]
-                                    }
-                                })
-                                .collect();
-                            self.heap.qlist(&extra)
+                    let top = self.calls[f].act.is_none();
+                    match func(self, &args, env) {
+                        Ok(Flow::Value(v)) => {
+                            self.stack.truncate(callee);
+                            return Ok(Next::Return(v));
                         }
-                        None => Value::Nil,
-                    };
-                    let scope = match activation.frame {
-                        Some(fr) if self.reusable(fr, &proto) => {
-                            // A self tail call: the frame's bindings are
-                            // dead, so it is reused in place.
-                            let s = self.heap.scope_mut(fr);
-                            s.vars.clear();
-                            s.parent = lambda_env;
-                            fr
+                        Ok(Flow::Call {
+                            base: b,
+                            env: e,
+                            span: s,
+                            name: n,
+                        }) => {
+                            callee = b;
+                            env = e;
+                            span = s;
+                            name = n;
                         }
-                        _ => {
-                            let (caller, is_tail) = match activation.frame {
-                                None => (env, false),
-                                Some(fr) => {
-                                    activation.replaced = true;
-                                    self.tail_caller(fr, env, &proto)
-                                }
-                            };
-                            let scope = self.heap.take_scope(
-                                lambda_env,
-                                caller,
-                                Some(proto.clone()),
-                                is_tail,
-                            );
-                            match activation.frame {
-                                None => self.frames.push(scope),
-                                Some(_) => {
-                                    if let Some(top) = self.frames.last_mut() {
-                                        *top = scope;
-                                    }
-                                }
-                            }
-                            scope
+                        Ok(Flow::Eval { proto, env: e }) => {
+                            self.switch_code(f, proto, e);
+                            return Ok(Next::Enter);
                         }
-                    };
-                    // Bind the formals: bound arguments first, then the
-                    // arguments on the stack.
-                    if nbound == 0 {
-                        let Vm { heap, stack, .. } = self;
-                        let vars = &mut heap.scope_mut(scope).vars;
-                        for (i, sym) in proto.formals.iter().enumerate() {
-                            vars.push((*sym, stack[base + 1 + i]));
-                        }
-                    } else {
-                        let bound: SmallVec<[Value; 8]> =
-                            SmallVec::from_slice(&self.heap.lambda(g).bound);
-                        let Vm { heap, stack, .. } = self;
-                        let vars = &mut heap.scope_mut(scope).vars;
-                        for (i, sym) in proto.formals.iter().enumerate() {
-                            let v = if i < nbound {
-                                bound[i]
-                            } else {
-                                stack[base + 1 + i - nbound]
-                            };
-                            vars.push((*sym, v));
-                        }
-                    }
-                    if let Some(rest) = proto.rest {
-                        self.heap.scope_mut(scope).vars.push((rest, rest_list));
-                    }
-                    self.stack.truncate(base);
-                    activation.frame = Some(scope);
-                    if let Err(e) = self.safe_point() {
-                        return Err(self.trace(e, name, span));
-                    }
-                    match self.exec(&proto.body, Some(scope), true) {
-                        Ok(flow) => flow,
-                        Err(e) => return Err(self.trace(e, name, span)),
+                        Err(e) => return Err((e, !top)),
                     }
                 }
                 other => {
-                    self.stack.truncate(base);
-                    let what = other.type_name();
-                    return Err(self.error_at(format!("expected a function, got {}", what), span));
-                }
-            };
-            loop {
-                match flow {
-                    Flow::Value(v) => return Ok(v),
-                    Flow::Call {
-                        base: b,
-                        env: e,
-                        span: s,
-                        name: n,
-                    } => {
-                        if b != base {
-                            self.stack.drain(base..b);
-                        }
-                        env = e;
-                        span = s;
-                        name = n;
-                        break;
-                    }
-                    Flow::Eval { proto, env: e } => {
-                        self.root_env(&mut env_root, e);
-                        match eval_root {
-                            Some(i) => self.proto_roots[i] = proto.clone(),
-                            None => {
-                                eval_root = Some(self.proto_roots.len());
-                                self.proto_roots.push(proto.clone());
-                            }
-                        }
-                        flow = match self.exec(&proto.body, e, true) {
-                            Ok(f) => f,
-                            Err(err) => return Err(self.trace(err, name, span)),
-                        };
-                    }
+                    let v = if self.stack.len() > callee + 1 {
+                        self.stack[self.stack.len() - 1]
+                    } else {
+                        other
+                    };
+                    self.stack.truncate(callee);
+                    return Ok(Next::Return(v));
                 }
             }
+        }
+    }
+
+    /// Runs frames, starting with `calls[stop]` (the top one), until that
+    /// frame returns; its value is the result. Lisp calls push frames here
+    /// instead of recursing natively.
+    fn run(&mut self, stop: usize) -> Result<Value, Gc> {
+        let mut f = self.calls.len() - 1;
+        let mut pc = self.calls[f].pc;
+        let mut env = self.calls[f].env;
+        let mut fp = self.calls[f].fp;
+        // The running frame's code, held here so each op is one load away.
+        let mut proto = self.calls[f].code.clone();
+        macro_rules! throw {
+            ($e:expr) => {{
+                let e = $e;
+                return Err(self.unwind(stop, e, false));
+            }};
+        }
+        macro_rules! reload {
+            () => {{
+                f = self.calls.len() - 1;
+                pc = self.calls[f].pc;
+                env = self.calls[f].env;
+                fp = self.calls[f].fp;
+                if !Rc::ptr_eq(&proto, &self.calls[f].code) {
+                    proto = self.calls[f].code.clone();
+                }
+            }};
+        }
+        loop {
+            let code = &proto.code;
+            let op = code.ops[pc];
+            pc += 1;
+            let value = match op {
+                Op::Const(i) => {
+                    let v = code.values[i as usize];
+                    self.stack.push(v);
+                    continue;
+                }
+                Op::Local(slot) => {
+                    let v = self.stack[fp + slot as usize];
+                    self.stack.push(v);
+                    continue;
+                }
+                Op::Name(sym) => {
+                    let span = code.spans[pc - 1];
+                    match self.lookup(sym, env, span) {
+                        Ok(v) => self.stack.push(v),
+                        Err(e) => throw!(e),
+                    }
+                    continue;
+                }
+                Op::Prim(op, form) => {
+                    let n = self.stack.len();
+                    let (a, b) = (self.stack[n - 2], self.stack[n - 1]);
+                    if self.intact_forms[(form.0 & 127) as usize] {
+                        if let (Value::Num(x), Value::Num(y)) = (a, b) {
+                            if let Some(v) = prim_numbers(op, x, y) {
+                                self.stack.truncate(n - 1);
+                                self.stack[n - 2] = v;
+                                continue;
+                            }
+                        }
+                    }
+                    let span = code.spans[pc - 1];
+                    self.calls[f].pc = pc;
+                    let result = self.prim_slow(form, span, env, a, b);
+                    self.stack.truncate(n - 2);
+                    match result {
+                        Ok(v) => self.stack.push(v),
+                        Err(e) => throw!(e),
+                    }
+                    continue;
+                }
+                Op::JumpIfFalse(target, cond) => {
+                    match self.stack.pop() {
+                        Some(Value::Num(0)) => pc = target as usize,
+                        Some(Value::Num(_)) => {}
+                        other => {
+                            let span = code.spans[pc - 1];
+                            let v = other.unwrap_or(Value::Nil);
+                            throw!(self.condition_error(v, span, cond.name()))
+                        }
+                    }
+                    continue;
+                }
+                Op::Jump(target) => {
+                    pc = target as usize;
+                    continue;
+                }
+                Op::Pop => {
+                    self.stack.pop();
+                    continue;
+                }
+                Op::Call(argc, name) => {
+                    let span = code.spans[pc - 1];
+                    let base = self.stack.len() - argc as usize - 1;
+                    match self.stack[base] {
+                        Value::Lambda(_) => {
+                            self.calls[f].pc = pc;
+                            match self.enter_call(base, env, span, name) {
+                                Ok(Some(v)) => self.stack.push(v),
+                                Ok(None) => reload!(),
+                                Err(e) => throw!(e),
+                            }
+                        }
+                        Value::Builtin(id) => {
+                            self.calls[f].pc = pc;
+                            match self.call_builtin(id, base, env, span) {
+                                Ok(v) => self.stack.push(v),
+                                Err(e) => throw!(e),
+                            }
+                        }
+                        head => {
+                            // Not a function: the elements were evaluated
+                            // in order, and the last is the value.
+                            let v = if argc > 0 {
+                                self.stack[self.stack.len() - 1]
+                            } else {
+                                head
+                            };
+                            self.stack.truncate(base);
+                            self.stack.push(v);
+                        }
+                    }
+                    continue;
+                }
+                Op::TailCall(argc, name) => {
+                    let span = code.spans[pc - 1];
+                    let callee = self.stack.len() - argc as usize - 1;
+                    self.calls[f].pc = pc;
+                    match self.tail_dispatch(f, callee, env, span, name) {
+                        Ok(Next::Return(v)) => v,
+                        Ok(Next::Enter) => {
+                            reload!();
+                            continue;
+                        }
+                        Err((e, skip)) => return Err(self.unwind(stop, e, skip)),
+                    }
+                }
+                Op::Return => self.stack.pop().unwrap_or(Value::Unit),
+                Op::Tree(i) => {
+                    self.calls[f].pc = pc;
+                    match self.eval(&proto.code.trees[i as usize], env) {
+                        Ok(v) => self.stack.push(v),
+                        Err(e) => throw!(e),
+                    }
+                    continue;
+                }
+                Op::TailTree(i) => {
+                    self.calls[f].pc = pc;
+                    let tree = proto.clone();
+                    match self.exec(&tree.code.trees[i as usize], env, true) {
+                        Ok(Flow::Value(v)) => v,
+                        Ok(Flow::Call {
+                            base: b,
+                            env: e,
+                            span: s,
+                            name: n,
+                        }) => match self.tail_dispatch(f, b, e, s, n) {
+                            Ok(Next::Return(v)) => v,
+                            Ok(Next::Enter) => {
+                                reload!();
+                                continue;
+                            }
+                            Err((e, skip)) => return Err(self.unwind(stop, e, skip)),
+                        },
+                        Ok(Flow::Eval { proto, env: e }) => {
+                            self.switch_code(f, proto, e);
+                            reload!();
+                            continue;
+                        }
+                        Err(e) => throw!(e),
+                    }
+                }
+                Op::Guard(i) => {
+                    let guard = &code.guards[i as usize];
+                    if self.intact_forms[(guard.form.0 & 127) as usize] {
+                        continue;
+                    }
+                    let (form, generic, span, end, tail) =
+                        (guard.form, guard.generic, guard.span, guard.end, guard.tail);
+                    // The form's name is rebound: run it as an ordinary call.
+                    let mut shadowed = self.shadowed_forms(env);
+                    shadowed.push(form);
+                    let proto = match self.compile_eval_shadowed(generic, span, shadowed) {
+                        Ok(p) => p,
+                        Err(e) => throw!(e),
+                    };
+                    if tail {
+                        self.switch_code(f, proto, env);
+                        reload!();
+                    } else {
+                        self.calls[f].pc = end as usize;
+                        match self.run_proto(proto, env) {
+                            Ok(v) => self.stack.push(v),
+                            Err(e) => throw!(e),
+                        }
+                        pc = end as usize;
+                    }
+                    continue;
+                }
+                Op::NoSelection => {
+                    let span = code.spans[pc - 1];
+                    throw!(self.error_at("no selection found", span))
+                }
+            };
+            // The frame returns `value`.
+            let Some(frame) = self.calls.pop() else {
+                unreachable!("a running frame")
+            };
+            self.stack.truncate(frame.base);
+            if let Some(act) = frame.act {
+                self.depth -= 1;
+                self.end_activation(act);
+            }
+            if f == stop {
+                return Ok(value);
+            }
+            self.stack.push(value);
+            reload!();
         }
     }
 }

@@ -1,0 +1,267 @@
+//! Lowering: a compiled `Code` tree -> a flat list of stack-machine ops,
+//! which the VM runs in one loop over an explicit frame stack (no native
+//! recursion per Lisp call, no `Result` threaded through every node).
+//!
+//! Calls, arithmetic, names, `if`, `do` and `select` become ops. The rarer
+//! forms (`\`, `def`/`=`, `case`, `let`) are kept as trees and run by the
+//! tree evaluator from a `Tree` op. A special form's guard op checks that
+//! its name still holds the builtin; when it does not, the form's source is
+//! run as an ordinary call instead, so results are the same either way.
+
+use crate::compile::{Code, PrimOp};
+use crate::error::Span;
+use crate::symbol::Sym;
+use crate::value::Value;
+
+/// Which form a conditional jump belongs to (for its error message).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Cond {
+    If,
+    Select,
+}
+
+impl Cond {
+    pub fn name(self) -> &'static str {
+        match self {
+            Cond::If => "if",
+            Cond::Select => "select",
+        }
+    }
+}
+
+/// One instruction. Operands are pushed on the VM's value stack; the span
+/// of each op is in `Ops::spans` at the same index.
+#[derive(Clone, Copy, Debug)]
+pub enum Op {
+    /// Push `values[i]`.
+    Const(u32),
+    /// Push formal `i` of the running call.
+    Local(u32),
+    /// Push the value of a name (scopes, globals, dynamic fallback).
+    Name(Sym),
+    /// Pop two operands, push `(form a b)`.
+    Prim(PrimOp, Sym),
+    /// Pop a condition; jump when it is 0.
+    JumpIfFalse(u32, Cond),
+    Jump(u32),
+    /// Drop the top value.
+    Pop,
+    /// Call the function below the `n` arguments on top; push its value.
+    Call(u32, Option<Sym>),
+    /// The same in tail position: the call replaces the running one.
+    TailCall(u32, Option<Sym>),
+    /// End the running code with the top value.
+    Return,
+    /// Push the value of `trees[i]`, run by the tree evaluator.
+    Tree(u32),
+    /// Run `trees[i]` in tail position: its value or tail call ends the code.
+    TailTree(u32),
+    /// Check that `guards[i].form` still holds its builtin; if not, run the
+    /// form's source as an ordinary call and continue at `guards[i].end`.
+    Guard(u32),
+    /// `select` found no true clause.
+    NoSelection,
+}
+
+/// A special form's guard: what to run when its name was rebound.
+pub struct Guard {
+    pub form: Sym,
+    /// The whole source form (kept alive by the proto's constants).
+    pub generic: Value,
+    pub span: Span,
+    /// Where execution continues after running `generic` (non-tail).
+    pub end: u32,
+    pub tail: bool,
+}
+
+/// Lowered code of one proto.
+#[derive(Default)]
+pub struct Ops {
+    pub ops: Box<[Op]>,
+    pub spans: Box<[Span]>,
+    pub values: Box<[Value]>,
+    pub trees: Box<[Code]>,
+    pub guards: Box<[Guard]>,
+}
+
+#[derive(Default)]
+struct Lowerer {
+    ops: Vec<Op>,
+    spans: Vec<Span>,
+    values: Vec<Value>,
+    trees: Vec<Code>,
+    guards: Vec<Guard>,
+}
+
+/// Lowers a body, which runs in tail position.
+pub fn lower(body: Code) -> Ops {
+    let mut l = Lowerer::default();
+    l.expr(body, true);
+    Ops {
+        ops: l.ops.into_boxed_slice(),
+        spans: l.spans.into_boxed_slice(),
+        values: l.values.into_boxed_slice(),
+        trees: l.trees.into_boxed_slice(),
+        guards: l.guards.into_boxed_slice(),
+    }
+}
+
+impl Lowerer {
+    fn emit(&mut self, op: Op, span: Span) -> usize {
+        self.ops.push(op);
+        self.spans.push(span);
+        self.ops.len() - 1
+    }
+
+    fn here(&self) -> u32 {
+        self.ops.len() as u32
+    }
+
+    fn patch(&mut self, at: usize, target: u32) {
+        match &mut self.ops[at] {
+            Op::JumpIfFalse(t, _) | Op::Jump(t) => *t = target,
+            _ => unreachable!("patching a jump"),
+        }
+    }
+
+    fn ret(&mut self, tail: bool) {
+        if tail {
+            self.emit(Op::Return, Span::NONE);
+        }
+    }
+
+    fn constant(&mut self, v: Value) {
+        let i = self.values.len() as u32;
+        self.values.push(v);
+        self.emit(Op::Const(i), Span::NONE);
+    }
+
+    fn guard(&mut self, form: Sym, generic: Value, span: Span, tail: bool) -> usize {
+        let i = self.guards.len();
+        self.guards.push(Guard {
+            form,
+            generic,
+            span,
+            end: 0,
+            tail,
+        });
+        self.emit(Op::Guard(i as u32), span);
+        i
+    }
+
+    fn tree(&mut self, code: Code, span: Span, tail: bool) {
+        let i = self.trees.len() as u32;
+        self.trees.push(code);
+        if tail {
+            self.emit(Op::TailTree(i), span);
+            self.emit(Op::Return, Span::NONE);
+        } else {
+            self.emit(Op::Tree(i), span);
+        }
+    }
+
+    fn expr(&mut self, code: Code, tail: bool) {
+        match code {
+            Code::Const(v) => {
+                self.constant(v);
+                self.ret(tail);
+            }
+            Code::Local(slot) => {
+                self.emit(Op::Local(slot), Span::NONE);
+                self.ret(tail);
+            }
+            Code::Name(sym, span) => {
+                self.emit(Op::Name(sym), span);
+                self.ret(tail);
+            }
+            Code::Prim(node) => {
+                let node = *node;
+                self.expr(node.node.left, false);
+                self.expr(node.node.right, false);
+                self.emit(Op::Prim(node.node.op, node.form), node.span);
+                self.ret(tail);
+            }
+            Code::Call(call) => {
+                let call = *call;
+                let argc = call.args.len() as u32;
+                self.expr(call.head, false);
+                for arg in call.args.into_vec() {
+                    self.expr(arg, false);
+                }
+                if tail {
+                    self.emit(Op::TailCall(argc, call.name), call.span);
+                    // Reached only by top-level code, which has no call to
+                    // replace: it returns the call's value.
+                    self.emit(Op::Return, Span::NONE);
+                } else {
+                    self.emit(Op::Call(argc, call.name), call.span);
+                }
+            }
+            Code::If(node) => {
+                let node = *node;
+                let g = self.guard(node.form, node.generic, node.span, tail);
+                self.expr(node.node.cond, false);
+                let jump = self.emit(Op::JumpIfFalse(0, Cond::If), node.span);
+                self.expr(node.node.then, tail);
+                let skip = (!tail).then(|| self.emit(Op::Jump(0), Span::NONE));
+                let here = self.here();
+                self.patch(jump, here);
+                match node.node.otherwise {
+                    Some(code) => self.expr(code, tail),
+                    None => {
+                        self.constant(Value::Nil);
+                        self.ret(tail);
+                    }
+                }
+                let end = self.here();
+                if let Some(at) = skip {
+                    self.patch(at, end);
+                }
+                self.guards[g].end = end;
+            }
+            Code::Do(node) => {
+                let node = *node;
+                let g = self.guard(node.form, node.generic, node.span, tail);
+                let mut seq = node.node;
+                let last = seq.pop().expect("`do` inlined with at least one argument");
+                for code in seq {
+                    self.expr(code, false);
+                    self.emit(Op::Pop, Span::NONE);
+                }
+                self.expr(last, tail);
+                self.guards[g].end = self.here();
+            }
+            Code::Select(node) => {
+                let node = *node;
+                let g = self.guard(node.form, node.generic, node.span, tail);
+                let mut ends = Vec::new();
+                for (cond, value) in node.node {
+                    self.expr(cond, false);
+                    let jump = self.emit(Op::JumpIfFalse(0, Cond::Select), node.span);
+                    self.expr(value, tail);
+                    if !tail {
+                        ends.push(self.emit(Op::Jump(0), Span::NONE));
+                    }
+                    let here = self.here();
+                    self.patch(jump, here);
+                }
+                self.emit(Op::NoSelection, node.span);
+                let end = self.here();
+                for at in ends {
+                    self.patch(at, end);
+                }
+                self.guards[g].end = end;
+            }
+            other @ (Code::Lambda(_) | Code::Def(_) | Code::Case(_) | Code::Let(_)) => {
+                let span = match &other {
+                    Code::Lambda(n) => n.span,
+                    Code::Def(n) => n.span,
+                    Code::Case(n) => n.span,
+                    Code::Let(n) => n.span,
+                    _ => Span::NONE,
+                };
+                self.tree(other, span, tail);
+            }
+        }
+    }
+}
