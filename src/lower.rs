@@ -41,6 +41,9 @@ pub enum Op {
     Name(Sym),
     /// Pop two operands, push `(form a b)`.
     Prim(PrimOp, Sym),
+    /// Push `(form local k)`: a formal and a Number constant, such as
+    /// `(- n 1)` or `(< n 2)`.
+    PrimLocalNum(PrimOp, u16, i32),
     /// Pop a condition; jump when it is 0.
     JumpIfFalse(u32, Cond),
     Jump(u32),
@@ -176,6 +179,15 @@ impl Lowerer {
             }
             Code::Prim(node) => {
                 let node = *node;
+                if let (Code::Local(slot), Code::Const(Value::Num(k))) =
+                    (&node.node.left, &node.node.right)
+                {
+                    if let (Ok(slot), Ok(k)) = (u16::try_from(*slot), i32::try_from(*k)) {
+                        self.emit(Op::PrimLocalNum(node.node.op, slot, k), node.span);
+                        self.ret(tail);
+                        return;
+                    }
+                }
                 self.expr(node.node.left, false);
                 self.expr(node.node.right, false);
                 self.emit(Op::Prim(node.node.op, node.form), node.span);

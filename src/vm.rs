@@ -57,8 +57,6 @@ pub enum Flow {
 #[derive(Default)]
 struct Activation {
     frame: Option<Gc>,
-    /// Where the frame sits in `Vm::frames`.
-    frame_index: usize,
     replaced: bool,
     /// Where this call's entries in `Vm::proto_roots` and `Vm::env_roots`
     /// start, once it has any.
@@ -84,6 +82,10 @@ struct Frame {
     /// Call site and function name, for call traces.
     span: Span,
     name: Option<Sym>,
+    /// For a call whose scope is not made yet (`act.frame` is `None`):
+    /// the lambda's scope, and who called.
+    lambda_env: Env,
+    caller: Caller,
 }
 
 /// What a call in tail position leads to.
@@ -110,6 +112,21 @@ fn prim_numbers(op: PrimOp, a: i64, b: i64) -> Option<Value> {
     }
 }
 
+/// Builtins that use the scope they are called from (to evaluate code in
+/// it, bind in it, capture it, or call functions from it). Every other
+/// builtin gets no scope, so a call that makes none needs no heap scope.
+const ENV_BUILTINS: &[&str] = &[
+    "=", "\\", "def", "do", "fun", "if", "let", "select", "case", "eval", "try", "penv", "repeat",
+];
+
+/// Who made a call, for dynamic fallback: a scope, or a frame whose
+/// scope has not been made yet.
+#[derive(Clone, Copy)]
+enum Caller {
+    Env(Env),
+    Frame(usize),
+}
+
 /// How `shutdown` and `exit` behave.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Mode {
@@ -129,6 +146,8 @@ pub struct Vm {
     globals: Vec<Option<Value>>,
     pub builtins: Vec<Builtin>,
     builtin_names: Vec<&'static str>,
+    /// Per builtin: whether it uses the scope it is called from.
+    builtin_env: Vec<bool>,
     pub forms: SpecialForms,
     /// Call arguments in flight (a root).
     pub stack: Vec<Value>,
@@ -196,6 +215,7 @@ impl Vm {
             globals: Vec::new(),
             builtins: Vec::new(),
             builtin_names: Vec::new(),
+            builtin_env: Vec::new(),
             forms: SpecialForms::default(),
             stack: Vec::with_capacity(1024),
             calls: Vec::with_capacity(256),
@@ -311,6 +331,7 @@ impl Vm {
             func,
         });
         self.builtin_names.push(name);
+        self.builtin_env.push(ENV_BUILTINS.contains(&name));
         let sym = self.syms.intern(name);
         self.set_global(sym, Value::Builtin(id));
     }
@@ -468,7 +489,10 @@ impl Vm {
             self.heap.mark(self.env_roots[i]);
         }
         for frame in self.calls.iter() {
-            if let Some(g) = frame.env {
+            for g in [frame.env, frame.lambda_env].into_iter().flatten() {
+                self.heap.mark(g);
+            }
+            if let Caller::Env(Some(g)) = frame.caller {
                 self.heap.mark(g);
             }
             for v in frame.code.constants.iter() {
@@ -648,6 +672,8 @@ impl Vm {
             act: None,
             span: Span::NONE,
             name: None,
+            lambda_env: None,
+            caller: Caller::Env(None),
         });
         self.run(self.calls.len() - 1)
     }
@@ -1233,7 +1259,7 @@ impl Vm {
         }
         if let Value::Lambda(_) = self.stack[base] {
             let stop = self.calls.len();
-            return match self.enter_call(base, env, span, name) {
+            return match self.enter_call(base, Caller::Env(env), span, name) {
                 Ok(Some(v)) => Ok(v),
                 Ok(None) => self.run(stop),
                 Err(e) => Err(self.unwind(stop, e, false)),
@@ -1299,7 +1325,7 @@ impl Vm {
                 }
                 Value::Lambda(_) => {
                     let stop = self.calls.len();
-                    return match self.enter_call(base, env, span, name) {
+                    return match self.enter_call(base, Caller::Env(env), span, name) {
                         Ok(Some(v)) => Ok(v),
                         Ok(None) => self.run(stop),
                         Err(e) => Err(self.unwind(stop, e, false)),
@@ -1356,7 +1382,6 @@ impl Vm {
         let Some(frame) = activation.frame else {
             return;
         };
-        self.frames.truncate(activation.frame_index);
         let scope = self.heap.scope_mut(frame);
         let mut next = if scope.tail { scope.caller } else { None };
         scope.caller = None;
@@ -1486,17 +1511,9 @@ impl Vm {
                         self.tail_caller(fr, env, &proto)
                     }
                 };
-                let scope = self
-                    .heap
-                    .take_scope(lambda_env, caller, Some(proto.clone()), is_tail);
-                match activation.frame {
-                    None => {
-                        activation.frame_index = self.frames.len();
-                        self.frames.push(scope);
-                    }
-                    Some(_) => self.frames[activation.frame_index] = scope,
-                }
-                scope
+                // Rooted by the frame that runs it (see `collect_with`).
+                self.heap
+                    .take_scope(lambda_env, caller, Some(proto.clone()), is_tail)
             }
         };
         // Bind the formals: bound arguments first, then the arguments on
@@ -1547,7 +1564,7 @@ impl Vm {
     fn enter_call(
         &mut self,
         base: usize,
-        env: Env,
+        caller: Caller,
         span: Span,
         name: Option<Sym>,
     ) -> Result<Option<Value>, Gc> {
@@ -1563,6 +1580,37 @@ impl Vm {
                 return Err(e);
             }
         }
+        let Value::Lambda(g) = self.stack[base] else {
+            unreachable!("enter_call is only called for lambdas")
+        };
+        let lambda = self.heap.lambda(g);
+        let nargs = self.stack.len() - base - 1;
+        if lambda.bound.is_empty()
+            && lambda.proto.rest.is_none()
+            && lambda.proto.formals.len() == nargs
+        {
+            // The common call: the arguments on the stack are the formals,
+            // and the scope is made only if something needs it.
+            let proto = lambda.proto.clone();
+            let lambda_env = lambda.env;
+            self.depth += 1;
+            self.calls.push(Frame {
+                code: proto,
+                pc: 0,
+                env: None,
+                base,
+                fp: base + 1,
+                top: base + 1 + nargs,
+                act: Some(Activation::default()),
+                span,
+                name,
+                lambda_env,
+                caller,
+            });
+            self.safe_point()?;
+            return Ok(None);
+        }
+        let env = self.caller_env(caller);
         let mut activation = Activation::default();
         let (proto, scope) = match self.bind(&mut activation, base, env, span, name) {
             Ok(Ok(bound)) => bound,
@@ -1584,9 +1632,82 @@ impl Vm {
             act: Some(activation),
             span,
             name,
+            lambda_env: None,
+            caller: Caller::Env(None),
         });
         self.safe_point()?;
         Ok(None)
+    }
+
+    /// The scope a caller stands for, making its frame's scope if needed.
+    fn caller_env(&mut self, caller: Caller) -> Env {
+        match caller {
+            Caller::Env(e) => e,
+            Caller::Frame(j) => self.materialize(j),
+        }
+    }
+
+    /// Whether frame `f` is a call whose scope is not made yet.
+    #[inline]
+    fn is_lazy(&self, f: usize) -> bool {
+        matches!(&self.calls[f].act, Some(a) if a.frame.is_none())
+    }
+
+    /// The scope frame `f` runs in, made now if it was not yet (with the
+    /// scopes of lazy callers below it, for dynamic fallback).
+    fn materialize(&mut self, f: usize) -> Env {
+        let mut chain: SmallVec<[usize; 8]> = SmallVec::new();
+        let mut i = f;
+        while self.is_lazy(i) {
+            chain.push(i);
+            match self.calls[i].caller {
+                Caller::Frame(j) => i = j,
+                Caller::Env(_) => break,
+            }
+        }
+        for &i in chain.iter().rev() {
+            let caller = match self.calls[i].caller {
+                Caller::Env(e) => e,
+                Caller::Frame(j) => self.calls[j].env,
+            };
+            let frame = &self.calls[i];
+            let proto = frame.code.clone();
+            let (fp, lambda_env) = (frame.fp, frame.lambda_env);
+            let n = proto.formals.len();
+            let scope = self
+                .heap
+                .take_scope(lambda_env, caller, Some(proto.clone()), false);
+            {
+                let Vm { heap, stack, .. } = self;
+                let s = heap.scope_mut(scope);
+                s.vars.extend(
+                    proto
+                        .formals
+                        .iter()
+                        .copied()
+                        .zip(stack[fp..fp + n].iter().copied()),
+                );
+                s.locals = Some((fp as u32, n as u32));
+            }
+            let frame = &mut self.calls[i];
+            frame.env = Some(scope);
+            frame.caller = Caller::Env(caller);
+            if let Some(act) = frame.act.as_mut() {
+                act.frame = Some(scope);
+            }
+        }
+        self.calls[f].env
+    }
+
+    /// Looks a name up from a call whose scope is not made: the lambda's
+    /// scope chain and the globals, then dynamic fallback (which makes it).
+    #[inline(never)]
+    fn lookup_lazy(&mut self, f: usize, sym: Sym, span: Span) -> Result<Value, Gc> {
+        if let Some(v) = self.lookup_lexical(sym, self.calls[f].lambda_env) {
+            return Ok(v);
+        }
+        let env = self.materialize(f);
+        self.lookup_fallback(sym, env, span)
     }
 
     /// Pops frames down to `stop` after an Error, adding each call to the
@@ -1634,6 +1755,29 @@ impl Vm {
         frame.env = env;
     }
 
+    /// A tail call in a call whose scope is not made yet, of the same
+    /// function with exactly its formals: the frame is reused in place
+    /// (its bindings are shadowed by the new ones anyway).
+    fn lazy_self_call(&mut self, f: usize, g: Gc, callee: usize) -> bool {
+        let lambda = self.heap.lambda(g);
+        let frame = &self.calls[f];
+        let nargs = self.stack.len() - callee - 1;
+        if !Rc::ptr_eq(&lambda.proto, &frame.code)
+            || !lambda.bound.is_empty()
+            || lambda.proto.rest.is_some()
+            || lambda.proto.formals.len() != nargs
+        {
+            return false;
+        }
+        let lambda_env = lambda.env;
+        let base = frame.base;
+        self.stack.drain(base..callee);
+        let frame = &mut self.calls[f];
+        frame.lambda_env = lambda_env;
+        frame.pc = 0;
+        true
+    }
+
     /// A call in tail position of frame `f`, of the function at
     /// `stack[base]` (`base` is the frame's base). Frames of top-level code
     /// have no call to replace, so they make an ordinary call (their next op
@@ -1651,9 +1795,29 @@ impl Vm {
             // Root the environment: it may be a `let` scope nothing holds.
             self.calls[f].env = env;
             match self.stack[callee] {
-                Value::Lambda(_) => {
+                Value::Lambda(g) => {
+                    if self.is_lazy(f) {
+                        if self.lazy_self_call(f, g, callee) {
+                            self.fuel -= 1;
+                            if self.fuel == 0 {
+                                if let Err(e) = self.refuel(span) {
+                                    return Err((e, true));
+                                }
+                            }
+                            let frame = &mut self.calls[f];
+                            frame.span = span;
+                            frame.name = name;
+                            return match self.safe_point() {
+                                Ok(()) => Ok(Next::Enter),
+                                Err(e) => Err((e, false)),
+                            };
+                        }
+                        // Another function replaces this call: its scope
+                        // stays visible to the callee's dynamic fallback.
+                        env = self.materialize(f);
+                    }
                     let Some(mut activation) = self.calls[f].act.take() else {
-                        return match self.enter_call(callee, env, span, name) {
+                        return match self.enter_call(callee, Caller::Env(env), span, name) {
                             Ok(Some(v)) => {
                                 self.stack.push(v);
                                 Ok(Next::Enter)
@@ -1697,6 +1861,9 @@ impl Vm {
                     };
                 }
                 Value::Builtin(id) => {
+                    if self.builtin_env[id as usize] && self.is_lazy(f) {
+                        env = self.materialize(f);
+                    }
                     let args: SmallVec<[Value; 8]> =
                         SmallVec::from_slice(&self.stack[callee + 1..]);
                     self.span = span;
@@ -1746,6 +1913,7 @@ impl Vm {
         let mut pc = self.calls[f].pc;
         let mut env = self.calls[f].env;
         let mut fp = self.calls[f].fp;
+        let mut lazy = self.is_lazy(f);
         // The running frame's code, held here so each op is one load away.
         let mut proto = self.calls[f].code.clone();
         macro_rules! throw {
@@ -1760,8 +1928,18 @@ impl Vm {
                 pc = self.calls[f].pc;
                 env = self.calls[f].env;
                 fp = self.calls[f].fp;
+                lazy = self.is_lazy(f);
                 if !Rc::ptr_eq(&proto, &self.calls[f].code) {
                     proto = self.calls[f].code.clone();
+                }
+            }};
+        }
+        // Makes the running call's scope if it has none yet.
+        macro_rules! need_env {
+            () => {{
+                if lazy {
+                    env = self.materialize(f);
+                    lazy = false;
                 }
             }};
         }
@@ -1782,7 +1960,15 @@ impl Vm {
                 }
                 Op::Name(sym) => {
                     let span = code.spans[pc - 1];
-                    match self.lookup(sym, env, span) {
+                    let found = if lazy {
+                        let found = self.lookup_lazy(f, sym, span);
+                        lazy = self.is_lazy(f);
+                        env = self.calls[f].env;
+                        found
+                    } else {
+                        self.lookup(sym, env, span)
+                    };
+                    match found {
                         Ok(v) => self.stack.push(v),
                         Err(e) => throw!(e),
                     }
@@ -1802,9 +1988,30 @@ impl Vm {
                     }
                     let span = code.spans[pc - 1];
                     self.calls[f].pc = pc;
+                    need_env!();
                     let result = self.prim_slow(form, span, env, a, b);
                     self.stack.truncate(n - 2);
                     match result {
+                        Ok(v) => self.stack.push(v),
+                        Err(e) => throw!(e),
+                    }
+                    continue;
+                }
+                Op::PrimLocalNum(op, slot, k) => {
+                    let a = self.stack[fp + slot as usize];
+                    let form = self.forms.prims[op as usize].0;
+                    if self.intact_forms[(form.0 & 127) as usize] {
+                        if let Value::Num(x) = a {
+                            if let Some(v) = prim_numbers(op, x, k as i64) {
+                                self.stack.push(v);
+                                continue;
+                            }
+                        }
+                    }
+                    let span = code.spans[pc - 1];
+                    self.calls[f].pc = pc;
+                    need_env!();
+                    match self.prim_slow(form, span, env, a, Value::Num(k as i64)) {
                         Ok(v) => self.stack.push(v),
                         Err(e) => throw!(e),
                     }
@@ -1836,7 +2043,12 @@ impl Vm {
                     match self.stack[base] {
                         Value::Lambda(_) => {
                             self.calls[f].pc = pc;
-                            match self.enter_call(base, env, span, name) {
+                            let caller = if lazy {
+                                Caller::Frame(f)
+                            } else {
+                                Caller::Env(env)
+                            };
+                            match self.enter_call(base, caller, span, name) {
                                 Ok(Some(v)) => self.stack.push(v),
                                 Ok(None) => reload!(),
                                 Err(e) => throw!(e),
@@ -1844,6 +2056,9 @@ impl Vm {
                         }
                         Value::Builtin(id) => {
                             self.calls[f].pc = pc;
+                            if self.builtin_env[id as usize] {
+                                need_env!();
+                            }
                             match self.call_builtin(id, base, env, span) {
                                 Ok(v) => self.stack.push(v),
                                 Err(e) => throw!(e),
@@ -1879,6 +2094,7 @@ impl Vm {
                 Op::Return => self.stack.pop().unwrap_or(Value::Unit),
                 Op::Tree(i) => {
                     self.calls[f].pc = pc;
+                    need_env!();
                     match self.eval(&proto.code.trees[i as usize], env) {
                         Ok(v) => self.stack.push(v),
                         Err(e) => throw!(e),
@@ -1887,6 +2103,8 @@ impl Vm {
                 }
                 Op::TailTree(i) => {
                     self.calls[f].pc = pc;
+                    need_env!();
+                    debug_assert!(!lazy);
                     let tree = proto.clone();
                     match self.exec(&tree.code.trees[i as usize], env, true) {
                         Ok(Flow::Value(v)) => v,
@@ -1918,6 +2136,7 @@ impl Vm {
                     }
                     let (form, generic, span, end, tail) =
                         (guard.form, guard.generic, guard.span, guard.end, guard.tail);
+                    need_env!();
                     // The form's name is rebound: run it as an ordinary call.
                     let mut shadowed = self.shadowed_forms(env);
                     shadowed.push(form);
