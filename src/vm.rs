@@ -1703,7 +1703,8 @@ impl Vm {
     /// scope chain and the globals, then dynamic fallback (which makes it).
     #[inline(never)]
     fn lookup_lazy(&mut self, f: usize, sym: Sym, span: Span) -> Result<Value, Gc> {
-        if let Some(v) = self.lookup_lexical(sym, self.calls[f].lambda_env) {
+        let lambda_env = self.calls[f].lambda_env;
+        if let Some(v) = self.lookup_lexical(sym, lambda_env) {
             return Ok(v);
         }
         let env = self.materialize(f);
@@ -1961,10 +1962,25 @@ impl Vm {
                 Op::Name(sym) => {
                     let span = code.spans[pc - 1];
                     let found = if lazy {
-                        let found = self.lookup_lazy(f, sym, span);
-                        lazy = self.is_lazy(f);
-                        env = self.calls[f].env;
-                        found
+                        // A function defined at top level: its free names
+                        // are globals unless dynamic fallback finds them.
+                        match self.calls[f].lambda_env {
+                            None => match self.globals.get(sym.index()) {
+                                Some(Some(v)) => Ok(*v),
+                                _ => {
+                                    let found = self.lookup_lazy(f, sym, span);
+                                    lazy = self.is_lazy(f);
+                                    env = self.calls[f].env;
+                                    found
+                                }
+                            },
+                            Some(_) => {
+                                let found = self.lookup_lazy(f, sym, span);
+                                lazy = self.is_lazy(f);
+                                env = self.calls[f].env;
+                                found
+                            }
+                        }
                     } else {
                         self.lookup(sym, env, span)
                     };
@@ -1978,12 +1994,18 @@ impl Vm {
                     let n = self.stack.len();
                     let (a, b) = (self.stack[n - 2], self.stack[n - 1]);
                     if self.intact_forms[(form.0 & 127) as usize] {
-                        if let (Value::Num(x), Value::Num(y)) = (a, b) {
-                            if let Some(v) = prim_numbers(op, x, y) {
-                                self.stack.truncate(n - 1);
-                                self.stack[n - 2] = v;
-                                continue;
-                            }
+                        let fast = match (a, b) {
+                            (Value::Num(x), Value::Num(y)) => prim_numbers(op, x, y),
+                            // Structural equality of any two values, as
+                            // the builtins do it.
+                            _ if op == PrimOp::Eq => Some(Value::bool(equal(&self.heap, a, b))),
+                            _ if op == PrimOp::Ne => Some(Value::bool(!equal(&self.heap, a, b))),
+                            _ => None,
+                        };
+                        if let Some(v) = fast {
+                            self.stack.truncate(n - 1);
+                            self.stack[n - 2] = v;
+                            continue;
                         }
                     }
                     let span = code.spans[pc - 1];

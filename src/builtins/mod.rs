@@ -102,6 +102,15 @@ pub fn ret(v: Value) -> Result<Flow, Gc> {
 #[inline]
 pub fn arity(vm: &mut Vm, name: &str, args: &[Value], min: usize, max: usize) -> Result<(), Gc> {
     if args.len() < min || args.len() > max {
+        return Err(arity_error(vm, name, args, min, max));
+    }
+    Ok(())
+}
+
+#[cold]
+#[inline(never)]
+fn arity_error(vm: &mut Vm, name: &str, args: &[Value], min: usize, max: usize) -> Gc {
+    {
         let expected = if min == max {
             format!("{}", min)
         } else if max == usize::MAX {
@@ -114,15 +123,14 @@ pub fn arity(vm: &mut Vm, name: &str, args: &[Value], min: usize, max: usize) ->
         } else {
             "arguments"
         };
-        return Err(vm.error(format!(
+        vm.error(format!(
             "`{}` expected {} {}, got {}",
             name,
             expected,
             plural,
             args.len()
-        )));
+        ))
     }
-    Ok(())
 }
 
 /// A type error naming the builtin, what it wanted and what it got.
