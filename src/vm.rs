@@ -58,10 +58,6 @@ pub enum Flow {
 struct Activation {
     frame: Option<Gc>,
     replaced: bool,
-    /// Where this call's entries in `Vm::proto_roots` and `Vm::env_roots`
-    /// start, once it has any.
-    eval_root: Option<usize>,
-    env_root: Option<usize>,
 }
 
 /// A frame of the explicit frame stack: code being run, where, and in
@@ -1266,10 +1262,10 @@ impl Vm {
             };
         }
         self.depth += 1;
-        let mut activation = Activation::default();
-        let result = self.apply_builtin(&mut activation, base, env, span, name);
+        let envs = self.env_roots.len();
+        let result = self.apply_builtin(base, env, span, name);
+        self.env_roots.truncate(envs);
         self.depth -= 1;
-        self.end_activation(activation);
         if result.is_err() {
             self.stack.truncate(base);
         }
@@ -1280,7 +1276,6 @@ impl Vm {
     /// evaluation, which are made here.
     fn apply_builtin(
         &mut self,
-        activation: &mut Activation,
         base: usize,
         mut env: Env,
         mut span: Span,
@@ -1293,7 +1288,9 @@ impl Vm {
             }
             match self.stack[base] {
                 Value::Builtin(id) => {
-                    self.root_env(&mut activation.env_root, env);
+                    // Keep the scope alive while the builtin runs: it may
+                    // be a `let` scope that nothing else holds.
+                    self.env_roots.extend(env);
                     let args: SmallVec<[Value; 8]> = SmallVec::from_slice(&self.stack[base + 1..]);
                     self.span = span;
                     let func = self.builtins[id as usize].func;
@@ -1373,12 +1370,6 @@ impl Vm {
     /// for dynamic lookups while it runs) and frees its frame at once if
     /// nothing captured it and no tail call replaced it.
     fn end_activation(&mut self, activation: Activation) {
-        if let Some(i) = activation.eval_root {
-            self.proto_roots.truncate(i);
-        }
-        if let Some(i) = activation.env_root {
-            self.env_roots.truncate(i);
-        }
         let Some(frame) = activation.frame else {
             return;
         };
@@ -1416,21 +1407,6 @@ impl Vm {
             }
             scope.captured = true;
             s = scope.parent;
-        }
-    }
-
-    /// Keeps `env` alive while this activation runs code in it: a tail
-    /// flow may carry a scope that no frame holds (a `let`'s).
-    #[inline]
-    fn root_env(&mut self, slot: &mut Option<usize>, env: Env) {
-        if let Some(g) = env {
-            match *slot {
-                Some(i) => self.env_roots[i] = g,
-                None => {
-                    *slot = Some(self.env_roots.len());
-                    self.env_roots.push(g);
-                }
-            }
         }
     }
 
