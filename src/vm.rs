@@ -144,6 +144,7 @@ pub struct Vm {
     builtin_names: Vec<&'static str>,
     /// Per builtin: whether it uses the scope it is called from.
     builtin_env: Vec<bool>,
+    eval_builtin: Option<u32>,
     pub forms: SpecialForms,
     /// Call arguments in flight (a root).
     pub stack: Vec<Value>,
@@ -212,6 +213,7 @@ impl Vm {
             builtins: Vec::new(),
             builtin_names: Vec::new(),
             builtin_env: Vec::new(),
+            eval_builtin: None,
             forms: SpecialForms::default(),
             stack: Vec::with_capacity(1024),
             calls: Vec::with_capacity(256),
@@ -328,6 +330,9 @@ impl Vm {
         });
         self.builtin_names.push(name);
         self.builtin_env.push(ENV_BUILTINS.contains(&name));
+        if name == "eval" {
+            self.eval_builtin = Some(id);
+        }
         let sym = self.syms.intern(name);
         self.set_global(sym, Value::Builtin(id));
     }
@@ -1369,10 +1374,16 @@ impl Vm {
     /// Ends a call: clears the caller links of its frames (they are only
     /// for dynamic lookups while it runs) and frees its frame at once if
     /// nothing captured it and no tail call replaced it.
+    #[inline]
     fn end_activation(&mut self, activation: Activation) {
-        let Some(frame) = activation.frame else {
-            return;
-        };
+        if let Some(frame) = activation.frame {
+            self.end_scope(frame, activation.replaced);
+        }
+    }
+
+    /// `end_activation` of a call that made a scope.
+    #[inline(never)]
+    fn end_scope(&mut self, frame: Gc, replaced: bool) {
         let scope = self.heap.scope_mut(frame);
         let mut next = if scope.tail { scope.caller } else { None };
         scope.caller = None;
@@ -1383,7 +1394,7 @@ impl Vm {
             next = if scope.tail { scope.caller } else { None };
             scope.caller = None;
         }
-        if !activation.replaced && !captured {
+        if !replaced && !captured {
             self.heap.free_scope(frame);
         }
     }
@@ -1623,6 +1634,28 @@ impl Vm {
         }
     }
 
+    /// Whether the builtin `id`, called with the arguments above
+    /// `stack[callee]`, will use the scope it is called from. `eval` of a
+    /// one-element list holding a plain value (as in `(eval (head l))` over
+    /// a list of Numbers) does not.
+    fn wants_env(&self, id: u32, callee: usize) -> bool {
+        if !self.builtin_env[id as usize] {
+            return false;
+        }
+        if Some(id) != self.eval_builtin {
+            return true;
+        }
+        let plain = |v: Value| !matches!(v, Value::Sym(_) | Value::S(_) | Value::Q(_) | Value::Nil);
+        match self.stack[callee + 1..] {
+            [Value::Q(g)] => {
+                let cell = self.heap.cons(g);
+                !(cell.tail.is_none() && plain(cell.head))
+            }
+            [v] => !plain(v),
+            _ => true,
+        }
+    }
+
     /// Whether frame `f` is a call whose scope is not made yet.
     #[inline]
     fn is_lazy(&self, f: usize) -> bool {
@@ -1838,7 +1871,7 @@ impl Vm {
                     };
                 }
                 Value::Builtin(id) => {
-                    if self.builtin_env[id as usize] && self.is_lazy(f) {
+                    if self.is_lazy(f) && self.wants_env(id, callee) {
                         env = self.materialize(f);
                     }
                     let args: SmallVec<[Value; 8]> =
@@ -2054,7 +2087,7 @@ impl Vm {
                         }
                         Value::Builtin(id) => {
                             self.calls[f].pc = pc;
-                            if self.builtin_env[id as usize] {
+                            if lazy && self.wants_env(id, base) {
                                 need_env!();
                             }
                             match self.call_builtin(id, base, env, span) {
