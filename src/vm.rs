@@ -1572,14 +1572,17 @@ impl Vm {
         };
         let lambda = self.heap.lambda(g);
         let nargs = self.stack.len() - base - 1;
-        if lambda.bound.is_empty()
-            && lambda.proto.rest.is_none()
-            && lambda.proto.formals.len() == nargs
-        {
-            // The common call: the arguments on the stack are the formals,
-            // and the scope is made only if something needs it.
+        let nbound = lambda.bound.len();
+        if lambda.proto.rest.is_none() && lambda.proto.formals.len() == nbound + nargs {
+            // The common call: the arguments on the stack (after any bound
+            // by partial application) are the formals, and the scope is made
+            // only if something needs it.
             let proto = lambda.proto.clone();
             let lambda_env = lambda.env;
+            if nbound != 0 {
+                self.insert_bound(g, base);
+            }
+            let nargs = nbound + nargs;
             self.depth += 1;
             self.calls.push(Frame {
                 code: proto,
@@ -1624,6 +1627,14 @@ impl Vm {
         });
         self.safe_point()?;
         Ok(None)
+    }
+
+    /// Puts the arguments bound by partial application of the lambda `g`
+    /// below the ones on the stack above `base`.
+    #[inline(never)]
+    fn insert_bound(&mut self, g: Gc, base: usize) {
+        let bound: SmallVec<[Value; 4]> = SmallVec::from_slice(&self.heap.lambda(g).bound);
+        self.stack.splice(base + 1..base + 1, bound);
     }
 
     /// The scope a caller stands for, making its frame's scope if needed.
