@@ -46,6 +46,11 @@ pub enum Op {
     PrimLocalNum(PrimOp, u16, i32),
     /// Pop a condition; jump when it is 0.
     JumpIfFalse(u32, Cond),
+    /// `(op formal k)` as a condition, always followed by the
+    /// `JumpIfFalse` it stands for: on Numbers, jump to the target when the
+    /// result is 0, else skip the `JumpIfFalse`; otherwise push the result
+    /// of the call and let the `JumpIfFalse` test it.
+    TestLocalNum(PrimOp, u16, i32),
     Jump(u32),
     /// Drop the top value.
     Pop,
@@ -163,6 +168,21 @@ impl Lowerer {
         }
     }
 
+    /// A condition, which a `JumpIfFalse` follows: a formal compared with
+    /// a Number becomes the fused test.
+    fn condition(&mut self, code: Code) {
+        self.expr(code, false);
+        if let Some(Op::PrimLocalNum(op, slot, k)) = self.ops.last().copied() {
+            if matches!(
+                op,
+                PrimOp::Lt | PrimOp::Gt | PrimOp::Le | PrimOp::Ge | PrimOp::Eq | PrimOp::Ne
+            ) {
+                let last = self.ops.len() - 1;
+                self.ops[last] = Op::TestLocalNum(op, slot, k);
+            }
+        }
+    }
+
     fn expr(&mut self, code: Code, tail: bool) {
         match code {
             Code::Const(v) => {
@@ -212,7 +232,7 @@ impl Lowerer {
             Code::If(node) => {
                 let node = *node;
                 let g = self.guard(node.form, node.generic, node.span, tail);
-                self.expr(node.node.cond, false);
+                self.condition(node.node.cond);
                 let jump = self.emit(Op::JumpIfFalse(0, Cond::If), node.span);
                 self.expr(node.node.then, tail);
                 let skip = (!tail).then(|| self.emit(Op::Jump(0), Span::NONE));
@@ -248,7 +268,7 @@ impl Lowerer {
                 let g = self.guard(node.form, node.generic, node.span, tail);
                 let mut ends = Vec::new();
                 for (cond, value) in node.node {
-                    self.expr(cond, false);
+                    self.condition(cond);
                     let jump = self.emit(Op::JumpIfFalse(0, Cond::Select), node.span);
                     self.expr(value, tail);
                     if !tail {

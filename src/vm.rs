@@ -2059,6 +2059,30 @@ impl Vm {
                     }
                     continue;
                 }
+                Op::TestLocalNum(op, slot, k) => {
+                    let a = self.stack[fp + slot as usize];
+                    let form = self.forms.prims[op as usize].0;
+                    if self.intact_forms[(form.0 & 127) as usize] {
+                        if let Value::Num(x) = a {
+                            if let Some(Value::Num(r)) = prim_numbers(op, x, k as i64) {
+                                // The `JumpIfFalse` that follows, done here.
+                                pc = match code.ops[pc] {
+                                    Op::JumpIfFalse(target, _) if r == 0 => target as usize,
+                                    _ => pc + 1,
+                                };
+                                continue;
+                            }
+                        }
+                    }
+                    let span = code.spans[pc - 1];
+                    self.calls[f].pc = pc;
+                    need_env!();
+                    match self.prim_slow(form, span, env, a, Value::Num(k as i64)) {
+                        Ok(v) => self.stack.push(v),
+                        Err(e) => throw!(e),
+                    }
+                    continue;
+                }
                 Op::JumpIfFalse(target, cond) => {
                     match self.stack.pop() {
                         Some(Value::Num(0)) => pc = target as usize,
