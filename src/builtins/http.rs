@@ -694,11 +694,11 @@ pub fn serve_exchange(vm: &mut Vm, handler: Value, exchange: Exchange) {
         Ok(v) => match host::<ResponseRef>(vm, v) {
             Some(r) => (*r.0).clone(),
             None => {
-                eprintln!(
+                crate::aio::log(format_args!(
                     "valk: http2 handler for {} returned {}, expected a String or an http2/response",
                     request_label(vm, req),
                     v.type_name()
-                );
+                ));
                 ResponseData::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
             }
         },
@@ -709,11 +709,11 @@ pub fn serve_exchange(vm: &mut Vm, handler: Value, exchange: Exchange) {
                     "Service Unavailable: shutting down\n",
                 )
             } else {
-                eprintln!(
+                crate::aio::log(format_args!(
                     "valk: http2 handler error for {}: {}",
                     request_label(vm, req),
                     vm.render_error(e)
-                );
+                ));
                 ResponseData::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
             }
         }

@@ -39,10 +39,10 @@ fn env_number(name: &str, default: u64) -> u64 {
         Ok(s) => match s.trim().parse::<u64>() {
             Ok(n) if n > 0 => n,
             _ => {
-                eprintln!(
+                crate::aio::log(format_args!(
                     "valk: warning: ignoring {}={:?} (expected a positive integer); using {}",
                     name, s, default
-                );
+                ));
                 default
             }
         },
