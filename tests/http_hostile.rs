@@ -1,8 +1,10 @@
 //! Hostile input against the HTTP/2 server: garbage bytes, an oversized
-//! body, more streams than allowed, headers trickled too slowly, idle
-//! connections and rapid stream resets. After each, the server must still
-//! answer a normal request. Frames are written by hand here (only here) to
-//! misbehave in ways a real client library will not.
+//! body, more streams than allowed (10,000 at once among them), headers
+//! trickled too slowly, idle connections, rapid stream resets, a flood of
+//! connections beyond the limit, and clients that stop reading responses.
+//! After each, the server must still answer a normal request. Frames are
+//! written by hand here (only here) to misbehave in ways a real client
+//! library will not.
 
 #[path = "http/support.rs"]
 mod support;
@@ -82,6 +84,11 @@ fn read_frames(stream: &mut TcpStream, wait: Duration) -> (Vec<Frame>, bool) {
             }
         }
     }
+    (parse_frames(&buf), closed)
+}
+
+/// The complete frames at the start of `buf`.
+fn parse_frames(buf: &[u8]) -> Vec<Frame> {
     let mut frames = Vec::new();
     let mut at = 0;
     while at + 9 <= buf.len() {
@@ -99,7 +106,7 @@ fn read_frames(stream: &mut TcpStream, wait: Duration) -> (Vec<Frame>, bool) {
         ));
         at += 9 + len;
     }
-    (frames, closed)
+    frames
 }
 
 fn assert_still_serving(server: &Server) {
@@ -298,6 +305,218 @@ fn rapid_resets_do_not_hurt_the_server() {
     let (frames, _) = read_frames(&mut s, Duration::from_secs(3));
     drop(s);
     let _ = frames;
+    assert_still_serving(&server);
+    let out = server.terminate();
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+}
+
+#[test]
+fn ten_thousand_streams_at_once_are_refused_beyond_the_limit() {
+    let dir = temp_dir("10k-streams");
+    // The default limit: 1024 concurrent streams per connection.
+    let server = serve(&dir, None, &[]);
+    for (name, path) in [("app", "/slow"), ("demo", "/")] {
+        let port = server.port(name);
+        let mut s = connect(port);
+        s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut out = PREFACE.to_vec();
+        out.extend(frame(SETTINGS, 0, 0, &[]));
+        let block = request_block(path, &format!("127.0.0.1:{}", port));
+        for i in 0..10_000u32 {
+            out.extend(frame(HEADERS, END_STREAM | END_HEADERS, 1 + 2 * i, &block));
+        }
+        let started = Instant::now();
+        // The server may close the connection before it has read it all.
+        let _ = s.write_all(&out);
+        let (frames, _) = read_frames(&mut s, Duration::from_secs(3));
+        let refused: Vec<u32> = frames
+            .iter()
+            .filter(|f| f.0 == RST_STREAM && f.3 == REFUSED_STREAM.to_be_bytes())
+            .map(|f| f.2)
+            .collect();
+        let goaway = frames.iter().any(|f| f.0 == GOAWAY);
+        let answered = frames.iter().filter(|f| f.0 == HEADERS).count();
+        println!(
+            "{}: {} streams answered, {} refused, GOAWAY: {}",
+            name,
+            answered,
+            refused.len(),
+            goaway
+        );
+        assert!(
+            !refused.is_empty(),
+            "{}: streams beyond the limit get REFUSED_STREAM (goaway: {}, answered: {})",
+            name,
+            goaway,
+            answered
+        );
+        // Only streams past the limit are refused: 1023 others were open
+        // before any of them.
+        assert!(
+            refused.iter().all(|&id| id > 2 * 1024 - 1),
+            "{}: a stream within the limit was refused",
+            name
+        );
+        // A peer that keeps opening streams past the limit is cut off
+        // (after 1024 refusals) instead of being refused forever.
+        assert!(goaway, "{}: GOAWAY", name);
+        // A refused stream is never answered as well.
+        assert!(
+            frames
+                .iter()
+                .filter(|f| f.0 == HEADERS)
+                .all(|f| !refused.contains(&f.2)),
+            "{}: a refused stream was answered",
+            name
+        );
+        if name == "app" {
+            // Each answer takes 400 ms: at most the limit can be served.
+            assert!(answered <= 1024, "app: {} streams served at once", answered);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{}: in time",
+            name
+        );
+        drop(s);
+    }
+    assert_still_serving(&server);
+    let out = server.terminate();
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+}
+
+/// What a raw connection went through in a flood.
+#[derive(Default)]
+struct Peer {
+    /// The server closed it (EOF or reset).
+    closed: bool,
+    /// Bytes the server sent on it.
+    received: Vec<u8>,
+}
+
+/// Reads whatever each connection has, without blocking, until `done`
+/// says the picture is complete or `wait` passes.
+fn watch_peers(
+    streams: &mut [TcpStream],
+    peers: &mut [Peer],
+    wait: Duration,
+    done: impl Fn(&[Peer]) -> bool,
+) {
+    let deadline = Instant::now() + wait;
+    let mut chunk = [0u8; 4096];
+    for s in streams.iter() {
+        s.set_nonblocking(true).unwrap();
+    }
+    while Instant::now() < deadline && !done(peers) {
+        for (s, peer) in streams.iter_mut().zip(peers.iter_mut()) {
+            while !peer.closed {
+                match s.read(&mut chunk) {
+                    Ok(0) => peer.closed = true,
+                    Ok(n) => peer.received.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => peer.closed = true,
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_connection_flood_beyond_the_limit_is_refused_promptly() {
+    const LIMIT: usize = 16;
+    const FLOOD: usize = 400;
+    let dir = temp_dir("flood");
+    let server = serve(
+        &dir,
+        None,
+        &[
+            ("VALK_HTTP_MAX_CONNECTIONS", "16"),
+            // Connections that say nothing more are kept for the whole test.
+            ("VALK_HTTP_HEADER_TIMEOUT_MS", "60000"),
+        ],
+    );
+    let port = server.port("app");
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    let started = Instant::now();
+    let mut streams = Vec::new();
+    for _ in 0..FLOOD {
+        let mut s = connect(port);
+        // A refused connection may already be closed.
+        let _ = s.write_all(&hello);
+        streams.push(s);
+    }
+    let mut peers: Vec<Peer> = (0..FLOOD).map(|_| Peer::default()).collect();
+    watch_peers(&mut streams, &mut peers, Duration::from_secs(10), |p| {
+        p.iter().filter(|p| p.closed).count() >= FLOOD - LIMIT
+    });
+    let refused_in = started.elapsed();
+    // Anything still to come (a late close, or the held ones' SETTINGS).
+    watch_peers(&mut streams, &mut peers, Duration::from_millis(500), |_| {
+        false
+    });
+    let held: Vec<&Peer> = peers.iter().filter(|p| !p.closed).collect();
+    let closed = FLOOD - held.len();
+    assert_eq!(
+        held.len(),
+        LIMIT,
+        "exactly the limit is kept open ({} of {} closed in {:?})",
+        closed,
+        FLOOD,
+        refused_in
+    );
+    assert!(
+        refused_in < Duration::from_secs(5),
+        "the excess is closed promptly, not left waiting ({:?})",
+        refused_in
+    );
+    // The refused ones were told why: SETTINGS, then GOAWAY with last
+    // stream 0 and REFUSED_STREAM (unless a reset overtook it).
+    let mut told = 0;
+    for p in peers.iter().filter(|p| p.closed && !p.received.is_empty()) {
+        let frames = parse_frames(&p.received);
+        let kinds: Vec<u8> = frames.iter().map(|f| f.0).collect();
+        assert_eq!(
+            kinds,
+            [SETTINGS, GOAWAY],
+            "a refused connection gets SETTINGS and GOAWAY"
+        );
+        assert_eq!(frames[1].3[..8], [0, 0, 0, 0, 0, 0, 0, 7]);
+        told += 1;
+    }
+    assert!(told > 0, "refused connections get a GOAWAY");
+    // The connections kept are served: the server's SETTINGS came.
+    for p in &held {
+        assert!(
+            p.received.len() >= 9 && p.received[3] == SETTINGS,
+            "a kept connection got the server's SETTINGS"
+        );
+    }
+    // While the flood holds every slot: a new connection to the same
+    // server is refused at once rather than left hanging, and the
+    // process's other server answers.
+    let t = Instant::now();
+    let answer = get(port, "/", false);
+    assert!(
+        answer.starts_with("error:"),
+        "refused while full: {}",
+        answer
+    );
+    assert!(t.elapsed() < Duration::from_secs(10), "refused promptly");
+    assert_eq!(
+        get(server.port("demo"), "/", false),
+        "200 Hello from Valk HTTP/2 server!"
+    );
+    // Once the flood goes away its slots are free again.
+    drop(streams);
+    let t = Instant::now();
+    let mut answer = get(port, "/", false);
+    while answer != "200 hello from valk" && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+        answer = get(port, "/", false);
+    }
+    assert_eq!(answer, "200 hello from valk");
     assert_still_serving(&server);
     let out = server.terminate();
     assert_eq!(out.status, Some(0), "{}", out.describe());

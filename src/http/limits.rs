@@ -13,7 +13,7 @@ pub struct Limits {
     pub max_body: usize,
     /// Largest header list accepted (SETTINGS_MAX_HEADER_LIST_SIZE).
     pub max_header_list: u32,
-    /// Open connections per server; more wait in the listen backlog.
+    /// Open connections per server; more are closed as soon as accepted.
     pub max_connections: usize,
     /// From accepting a connection to its first complete request headers
     /// (TLS handshake included).
