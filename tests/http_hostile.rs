@@ -20,6 +20,8 @@ const HEADERS: u8 = 1;
 const RST_STREAM: u8 = 3;
 const SETTINGS: u8 = 4;
 const GOAWAY: u8 = 7;
+const WINDOW_UPDATE: u8 = 8;
+const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 4;
 const END_STREAM: u8 = 1;
 const END_HEADERS: u8 = 4;
 const REFUSED_STREAM: u32 = 7;
@@ -517,6 +519,234 @@ fn a_connection_flood_beyond_the_limit_is_refused_promptly() {
         answer = get(port, "/", false);
     }
     assert_eq!(answer, "200 hello from valk");
+    assert_still_serving(&server);
+    let out = server.terminate();
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+}
+
+/// The server's resident memory in MiB (None where /proc is missing).
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid)).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// How much the server may grow while a client stalls: MiB of resident
+/// memory over what it used after a warm-up of the same requests.
+const STALL_BOUND_MIB: f64 = 64.0;
+/// Requests a stalled client fires (each for a 1 MiB response).
+const STALLED_REQUESTS: usize = 1000;
+const BIG: usize = 1 << 20;
+
+/// A tokio runtime for the h2 client connections of a test.
+fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// An h2 client connection, its driver spawned on the runtime.
+async fn h2_client(port: u16, window: u32) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+fn get_request(port: u16, path: &str) -> hyper::Request<()> {
+    hyper::Request::builder()
+        .method("GET")
+        .uri(format!("http://127.0.0.1:{}{}", port, path))
+        .body(())
+        .unwrap()
+}
+
+/// GETs `path` on a fresh connection, reading the whole body: (status, body length).
+async fn fetch(port: u16, path: &str) -> (u16, usize) {
+    let mut client = h2_client(port, 1 << 20).await.ready().await.unwrap();
+    let (response, _) = client
+        .send_request(get_request(port, path), true)
+        .expect("send");
+    let response = response.await.expect("response");
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut len = 0;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("body");
+        len += chunk.len();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    (status, len)
+}
+
+/// Samples the server's RSS for `wait` while checking that another client
+/// is served normally (a small and a 1 MiB answer); returns the peak.
+fn peak_rss_while_serving(rt: &tokio::runtime::Runtime, server: &Server, wait: Duration) -> f64 {
+    let port = server.port("app");
+    let deadline = Instant::now() + wait;
+    let mut peak = 0f64;
+    let mut checked = false;
+    while Instant::now() < deadline {
+        peak = peak.max(rss_mib(server.pid()).expect("VmRSS"));
+        if !checked {
+            let small = rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), fetch(port, "/")).await
+            });
+            assert_eq!(small.ok(), Some((200, 15)), "another client is served");
+            let big = rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), fetch(port, "/big")).await
+            });
+            assert_eq!(
+                big.ok(),
+                Some((200, BIG)),
+                "another client gets big answers"
+            );
+            checked = true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    peak
+}
+
+#[test]
+fn clients_that_stop_reading_do_not_grow_the_server() {
+    let dir = temp_dir("stalled");
+    let server = serve(&dir, None, &[]);
+    let port = server.port("app");
+    if rss_mib(server.pid()).is_none() {
+        println!("notice: /proc/PID/status is not available; skipping clients_that_stop_reading_do_not_grow_the_server");
+        return;
+    }
+    let rt = client_runtime();
+    // Warm-up: the same 1 MiB answers, read normally, 32 at a time.
+    rt.block_on(async {
+        for _ in 0..4 {
+            let all: Vec<_> = (0..32).map(|_| tokio::spawn(fetch(port, "/big"))).collect();
+            for one in all {
+                assert_eq!(one.await.unwrap(), (200, BIG));
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let baseline = rss_mib(server.pid()).unwrap();
+    println!("baseline RSS after warm-up: {:.1} MiB", baseline);
+
+    // 1. An h2 client that grants no flow-control window: the server can
+    // send no body byte, ever.
+    let stalled = rt.block_on(async {
+        let mut client = h2_client(port, 0).await;
+        let mut responses = Vec::new();
+        for _ in 0..STALLED_REQUESTS {
+            let ready = tokio::time::timeout(Duration::from_secs(5), client.clone().ready()).await;
+            let Ok(Ok(ready)) = ready else { break };
+            client = ready;
+            let Ok((response, _)) = client.send_request(get_request(port, "/big"), true) else {
+                break;
+            };
+            responses.push(response);
+        }
+        (client, responses)
+    });
+    assert!(
+        stalled.1.len() >= 500,
+        "the stalled client sent {} requests",
+        stalled.1.len()
+    );
+    let peak = peak_rss_while_serving(&rt, &server, Duration::from_secs(5));
+    println!("zero-window client: peak RSS {:.1} MiB", peak);
+    assert!(
+        peak - baseline < STALL_BOUND_MIB,
+        "zero-window client: RSS {:.1} MiB over a baseline of {:.1} MiB",
+        peak - baseline,
+        baseline
+    );
+    drop(stalled);
+    assert_still_serving(&server);
+
+    // 2. A raw connection that grants the largest windows and never reads
+    // a byte: the socket buffers fill, then nothing moves.
+    let mut s = connect(port);
+    let mut out = PREFACE.to_vec();
+    let mut settings = SETTINGS_INITIAL_WINDOW_SIZE.to_be_bytes().to_vec();
+    settings.extend(0x7fff_ffffu32.to_be_bytes());
+    out.extend(frame(SETTINGS, 0, 0, &settings));
+    out.extend(frame(
+        WINDOW_UPDATE,
+        0,
+        0,
+        &(0x7fff_ffffu32 - 65_535).to_be_bytes(),
+    ));
+    let block = request_block("/big", &format!("127.0.0.1:{}", port));
+    for i in 0..STALLED_REQUESTS as u32 {
+        out.extend(frame(HEADERS, END_STREAM | END_HEADERS, 1 + 2 * i, &block));
+    }
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&out).unwrap();
+    let peak = peak_rss_while_serving(&rt, &server, Duration::from_secs(5));
+    println!("client that never reads: peak RSS {:.1} MiB", peak);
+    assert!(
+        peak - baseline < STALL_BOUND_MIB,
+        "client that never reads: RSS {:.1} MiB over a baseline of {:.1} MiB",
+        peak - baseline,
+        baseline
+    );
+    drop(s);
+    assert_still_serving(&server);
+    let out = server.terminate();
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+}
+
+#[test]
+fn a_client_that_takes_nothing_is_cut_off_after_the_idle_timeout() {
+    let dir = temp_dir("stall-cut");
+    let server = serve(&dir, None, &[("VALK_HTTP_IDLE_TIMEOUT_MS", "500")]);
+    let port = server.port("app");
+    let mut s = connect(port);
+    // No flow-control window at all, and more requests for 1 MiB answers
+    // than a connection starts at once (32), so some wait on it.
+    let mut out = PREFACE.to_vec();
+    let mut settings = SETTINGS_INITIAL_WINDOW_SIZE.to_be_bytes().to_vec();
+    settings.extend(0u32.to_be_bytes());
+    out.extend(frame(SETTINGS, 0, 0, &settings));
+    let block = request_block("/big", &format!("127.0.0.1:{}", port));
+    for i in 0..40u32 {
+        out.extend(frame(HEADERS, END_STREAM | END_HEADERS, 1 + 2 * i, &block));
+    }
+    s.write_all(&out).unwrap();
+    let started = Instant::now();
+    let (frames, closed) = read_frames(&mut s, Duration::from_secs(10));
+    let answered = frames.iter().filter(|f| f.0 == HEADERS).count();
+    assert!(
+        answered > 0 && answered < 40,
+        "answers started but some requests wait ({} answered)",
+        answered
+    );
+    assert!(
+        !frames.iter().any(|f| f.0 == 0),
+        "no body byte without a window"
+    );
+    assert!(closed, "the connection is closed");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "soon after the idle timeout ({:?})",
+        started.elapsed()
+    );
     assert_still_serving(&server);
     let out = server.terminate();
     assert_eq!(out.status, Some(0), "{}", out.describe());

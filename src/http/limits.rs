@@ -26,6 +26,14 @@ pub struct Limits {
     pub handler_timeout: Duration,
     /// Handler requests waiting for an isolate, per server; past it 503.
     pub queue: usize,
+    /// Lisp handler requests one connection has started (body being read,
+    /// queued for an isolate or running) and not yet answered; more wait
+    /// on the connection.
+    pub max_in_flight: usize,
+    /// Response body bytes one connection has handed to HTTP/2 that the
+    /// client has not yet taken; past it the connection starts no new
+    /// handler request until the client reads.
+    pub send_buffer: usize,
     /// How long a graceful stop waits for in-flight requests.
     pub grace: Duration,
     /// Client: TCP connect plus TLS handshake.
@@ -67,6 +75,8 @@ impl Limits {
             body_timeout: env_ms("VALK_HTTP_BODY_TIMEOUT_MS", 30_000),
             handler_timeout: env_ms("VALK_HTTP_HANDLER_TIMEOUT_MS", 30_000),
             queue: env_number("VALK_HTTP_QUEUE", 16_384) as usize,
+            max_in_flight: env_number("VALK_HTTP_MAX_IN_FLIGHT", 32) as usize,
+            send_buffer: env_number("VALK_HTTP_SEND_BUFFER", 4 << 20) as usize,
             grace: env_ms("VALK_HTTP_GRACE_MS", 10_000),
             connect_timeout: env_ms("VALK_HTTP_CONNECT_TIMEOUT_MS", 10_000),
             request_timeout: env_ms("VALK_HTTP_REQUEST_TIMEOUT_MS", 30_000),
