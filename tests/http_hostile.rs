@@ -751,3 +751,75 @@ fn a_client_that_takes_nothing_is_cut_off_after_the_idle_timeout() {
     let out = server.terminate();
     assert_eq!(out.status, Some(0), "{}", out.describe());
 }
+
+/// Sends `total` GET / requests over 8 connections, 50 at a time on each,
+/// reading every answer.
+async fn load(port: u16, total: usize) {
+    let per = total / 8;
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut client = h2_client(port, 1 << 20).await;
+                let mut done = 0;
+                while done < per {
+                    let batch = 50.min(per - done);
+                    let mut responses = Vec::with_capacity(batch);
+                    for _ in 0..batch {
+                        client = client.ready().await.expect("ready");
+                        let (response, _) = client
+                            .send_request(get_request(port, "/"), true)
+                            .expect("send");
+                        responses.push(response);
+                    }
+                    for response in responses {
+                        let response = response.await.expect("response");
+                        assert_eq!(response.status().as_u16(), 200);
+                        let mut body = response.into_body();
+                        while let Some(chunk) = body.data().await {
+                            let chunk = chunk.expect("body");
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                        }
+                    }
+                    done += batch;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("load task");
+    }
+}
+
+#[test]
+fn serving_many_requests_does_not_grow_the_server() {
+    let dir = temp_dir("many");
+    let server = serve(&dir, None, &[]);
+    let port = server.port("app");
+    if rss_mib(server.pid()).is_none() {
+        println!("notice: /proc/PID/status is not available; skipping serving_many_requests_does_not_grow_the_server");
+        return;
+    }
+    let rt = client_runtime();
+    rt.block_on(load(port, 50_000));
+    let baseline = rss_mib(server.pid()).unwrap();
+    let mut peak = baseline;
+    for _ in 0..6 {
+        rt.block_on(load(port, 25_000));
+        peak = peak.max(rss_mib(server.pid()).unwrap());
+    }
+    println!(
+        "RSS after 50,000 requests {:.1} MiB, peak over 150,000 more {:.1} MiB",
+        baseline, peak
+    );
+    // Each request value holds about a kilobyte: kept until a full
+    // collection, 150,000 of them would be well over 100 MiB.
+    assert!(
+        peak - baseline < 48.0,
+        "RSS grew {:.1} MiB over {:.1} MiB",
+        peak - baseline,
+        baseline
+    );
+    assert_still_serving(&server);
+    let out = server.terminate();
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+}
