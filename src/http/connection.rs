@@ -99,7 +99,7 @@ struct Streams<'a> {
     replies: UnboundedSender<(u64, ResponseData)>,
 }
 
-async fn drive<I>(server: &Arc<Server>, io: I, started: Instant, tls: bool)
+pub(super) async fn drive<I>(server: &Arc<Server>, io: I, started: Instant, tls: bool)
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use hyper::header::{HeaderName, HeaderValue};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -218,6 +219,39 @@ pub fn start(
         }
     });
     server
+}
+
+/// A server that listens nowhere and is in no registry: its connections
+/// come from `serve_stream`. For fuzzing the request path and for tests.
+#[doc(hidden)]
+pub fn detached(lisp_handler: bool) -> Arc<Server> {
+    let handling = if lisp_handler {
+        let (jobs, queue) = crossbeam_channel::bounded(Limits::get().queue);
+        Handling::Isolates { jobs, queue }
+    } else {
+        Handling::Demo
+    };
+    Arc::new(Server {
+        ordinal: None,
+        host: String::new(),
+        tls: false,
+        handling,
+        addr: OnceLock::new(),
+        bound: Completion::new(),
+        drained: Completion::new(),
+        state: watch::Sender::new(RUNNING),
+        active: AtomicUsize::new(1),
+    })
+}
+
+/// Serves one h2c connection over any byte stream, as an accepted socket
+/// is served, until it closes. Needs a tokio runtime (any flavour).
+#[doc(hidden)]
+pub async fn serve_stream<I>(server: &Arc<Server>, io: I)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    super::connection::drive(server, io, std::time::Instant::now(), false).await;
 }
 
 async fn bind(
