@@ -240,7 +240,7 @@ thread_local! {
 /// Message bytes a serving isolate may accumulate before a full
 /// collection frees them (more when its live heap is larger, so the
 /// collections cost a bounded share of the time).
-const MESSAGE_BUDGET: usize = 16 << 20;
+const MESSAGE_BUDGET: usize = 4 << 20;
 
 /// A host value for a request or response. The heap counts every host
 /// object as a few dozen bytes, and a minor collection keeps them all, so
