@@ -823,3 +823,82 @@ fn serving_many_requests_does_not_grow_the_server() {
     let out = server.terminate();
     assert_eq!(out.status, Some(0), "{}", out.describe());
 }
+
+#[test]
+fn streams_reset_while_they_wait_are_forgotten() {
+    const ROUNDS: u32 = 100;
+    /// Rounds before the baseline: the waiting answers and the first
+    /// streams' buffers are in place by then.
+    const WARM_UP: u32 = 10;
+    /// How much the rounds after the warm-up may grow the server.
+    const BOUND_MIB: f64 = 16.0;
+    const BATCH: u32 = 900;
+    let dir = temp_dir("reset-held");
+    let server = serve(&dir, None, &[]);
+    let port = server.port("app");
+    if rss_mib(server.pid()).is_none() {
+        println!("notice: /proc/PID/status is not available; skipping streams_reset_while_they_wait_are_forgotten");
+        return;
+    }
+    assert_still_serving(&server);
+    let authority = format!("127.0.0.1:{}", port);
+    let mut s = connect(port);
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    // No window: 32 answers of 1 MiB fill the send buffer, so every later
+    // request waits on the connection, unstarted.
+    let mut out = PREFACE.to_vec();
+    let mut settings = SETTINGS_INITIAL_WINDOW_SIZE.to_be_bytes().to_vec();
+    settings.extend(0u32.to_be_bytes());
+    out.extend(frame(SETTINGS, 0, 0, &settings));
+    let big = request_block("/big", &authority);
+    for i in 0..32u32 {
+        out.extend(frame(HEADERS, END_STREAM | END_HEADERS, 1 + 2 * i, &big));
+    }
+    s.write_all(&out).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // Then rounds of new streams, each reset once the server has taken it:
+    // h2 no longer counts them, so the client may open as many again.
+    let block = request_block("/", &authority);
+    let mut id = 65u32;
+    let mut baseline = 0.0;
+    let mut peak = 0.0f64;
+    for round in 0..ROUNDS {
+        let mut open = Vec::new();
+        let mut reset = Vec::new();
+        for k in 0..BATCH {
+            open.extend(frame(HEADERS, END_STREAM | END_HEADERS, id + 2 * k, &block));
+            reset.extend(frame(RST_STREAM, 0, id + 2 * k, &CANCEL.to_be_bytes()));
+        }
+        s.write_all(&open)
+            .unwrap_or_else(|e| panic!("round {}: the connection was closed: {}", round, e));
+        std::thread::sleep(Duration::from_millis(30));
+        s.write_all(&reset)
+            .unwrap_or_else(|e| panic!("round {}: the connection was closed: {}", round, e));
+        id += 2 * BATCH;
+        if round + 1 == WARM_UP {
+            std::thread::sleep(Duration::from_millis(300));
+            baseline = rss_mib(server.pid()).unwrap();
+        } else if round % 10 == 9 {
+            peak = peak.max(rss_mib(server.pid()).unwrap());
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    peak = peak.max(rss_mib(server.pid()).unwrap());
+    println!(
+        "{} streams opened and reset while 32 answers wait: RSS {:.1} MiB after {} of them, then at most {:.1} MiB",
+        ROUNDS * BATCH,
+        baseline,
+        WARM_UP * BATCH,
+        peak
+    );
+    assert!(
+        peak - baseline < BOUND_MIB,
+        "RSS grew {:.1} MiB over {:.1} MiB",
+        peak - baseline,
+        baseline
+    );
+    drop(s);
+    assert_still_serving(&server);
+    let out = server.terminate();
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+}

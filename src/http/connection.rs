@@ -267,8 +267,30 @@ impl Streams<'_> {
         if self.held.is_empty() && self.can_start() {
             self.start(held);
         } else {
+            if self.held.len() >= self.limits.max_streams as usize {
+                self.prune_held();
+            }
             self.held.push_back(held);
         }
+    }
+
+    /// Forgets held requests whose stream the client has reset. h2 stops
+    /// counting a reset stream against the stream limit, so a client that
+    /// opens and resets streams while others wait would otherwise make the
+    /// queue grow without bound. Runs when the queue reaches the stream
+    /// limit, which only reset streams can take it past.
+    fn prune_held(&mut self) {
+        let mut cx = Context::from_waker(Waker::noop());
+        let waiting = &mut self.waiting;
+        self.held.retain(|h| {
+            let reset = waiting
+                .get_mut(&h.token)
+                .is_none_or(|w| w.respond.poll_reset(&mut cx).is_ready());
+            if reset {
+                waiting.remove(&h.token);
+            }
+            !reset
+        });
     }
 
     /// Whether another handler request may start: few enough in flight,

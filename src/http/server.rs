@@ -1,8 +1,8 @@
 //! The HTTP/2 server: binds, accepts (h2c with prior knowledge, or TLS
 //! with ALPN h2) up to the connection limit and closes what is over it at
-//! once, hands each connection to connection.rs, and stops gracefully. Requests get the built-in demo
-//! response on tokio threads, or are queued as `Exchange`s for the
-//! interpreter isolates that hold the Lisp handler.
+//! once, hands each connection to connection.rs, and stops gracefully.
+//! Requests get the built-in demo response on tokio threads, or are queued
+//! as `Exchange`s for the interpreter isolates that hold the Lisp handler.
 //!
 //! Every server of the process is in one registry, so the program can wait
 //! for all to drain and workers can find the main isolate's servers by the
@@ -187,23 +187,8 @@ pub fn start(
     lisp_handler: bool,
     ordinal: Option<usize>,
 ) -> Arc<Server> {
-    let handling = if lisp_handler {
-        let (jobs, queue) = crossbeam_channel::bounded(Limits::get().queue);
-        Handling::Isolates { jobs, queue }
-    } else {
-        Handling::Demo
-    };
-    let server = Arc::new(Server {
-        ordinal,
-        host: host.clone(),
-        tls: matches!(transport, Transport::Tls { .. }),
-        handling,
-        addr: OnceLock::new(),
-        bound: Completion::new(),
-        drained: Completion::new(),
-        state: watch::Sender::new(RUNNING),
-        active: AtomicUsize::new(1),
-    });
+    let tls = matches!(transport, Transport::Tls { .. });
+    let server = new_server(ordinal, host.clone(), tls, lisp_handler);
     registry().push(server.clone());
     let s = server.clone();
     aio::runtime().spawn(async move {
@@ -225,6 +210,10 @@ pub fn start(
 /// come from `serve_stream`. For fuzzing the request path and for tests.
 #[doc(hidden)]
 pub fn detached(lisp_handler: bool) -> Arc<Server> {
+    new_server(None, String::new(), false, lisp_handler)
+}
+
+fn new_server(ordinal: Option<usize>, host: String, tls: bool, lisp_handler: bool) -> Arc<Server> {
     let handling = if lisp_handler {
         let (jobs, queue) = crossbeam_channel::bounded(Limits::get().queue);
         Handling::Isolates { jobs, queue }
@@ -232,9 +221,9 @@ pub fn detached(lisp_handler: bool) -> Arc<Server> {
         Handling::Demo
     };
     Arc::new(Server {
-        ordinal: None,
-        host: String::new(),
-        tls: false,
+        ordinal,
+        host,
+        tls,
         handling,
         addr: OnceLock::new(),
         bound: Completion::new(),
