@@ -127,6 +127,30 @@ fn server_keeps_running_until_sigterm_and_finishes_in_flight_requests() {
 }
 
 #[test]
+fn a_server_whose_stderr_is_closed_keeps_serving_and_stops_on_sigterm() {
+    let dir = temp_dir("no-stderr");
+    let params = params(
+        &dir,
+        &[("tls-key", "\"\"".into()), ("tls-cert", "\"\"".into())],
+    );
+    // The log pipe is gone: every write to standard error fails.
+    let server = Server::start_with(&[&params, "tests/http/serve.valk"], &[], false);
+    let port = server.port("app");
+    // Each handler error is logged to standard error; with nowhere to log
+    // it the client still gets a 500 and every isolate keeps serving.
+    for _ in 0..8 {
+        assert_eq!(get(port, "/boom", false), "500 Internal Server Error");
+    }
+    for _ in 0..4 {
+        assert_eq!(get(port, "/", false), "200 hello from valk");
+    }
+    // The signal handler reports that it stops the servers: it must
+    // still stop them.
+    let out = server.terminate();
+    assert_eq!(out.status, Some(0), "graceful exit\n{}", out.describe());
+}
+
+#[test]
 fn shutdown_in_a_handler_ends_the_program_with_its_code() {
     let dir = temp_dir("quit");
     let server = serve(&dir, None, &[]);

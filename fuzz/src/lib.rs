@@ -11,6 +11,10 @@
 //!   interrupts the evaluation the way Ctrl-C does in the REPL.
 //! * `eval_gc`: the same with the collector running after every 4 KB
 //!   allocated, to find values not rooted across a collection.
+//! * `server_request`: the HTTP/2 server's request path on arbitrary bytes
+//!   after a client's connection preface (http_server.rs).
+
+pub mod http_server;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};

@@ -22,6 +22,16 @@ pub mod process;
 pub use future::{Completion, Payload, Settled};
 pub use process::{finish, run_until_idle, set_program, ProgramPart};
 
+/// Writes one line to standard error. Unlike `eprintln!` it never panics:
+/// a server whose standard error is gone (a closed log pipe) must keep
+/// serving, log handler errors into the void, and still stop on a signal.
+pub fn log(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(line);
+    let _ = err.write_all(b"\n");
+}
+
 /// Whether `aio` is bound at startup: unless `VALK_DISABLE_AIO` is non-empty.
 pub fn enabled() -> bool {
     std::env::var_os("VALK_DISABLE_AIO").is_none_or(|v| v.is_empty())

@@ -68,7 +68,9 @@ pub fn install_signal_handlers() {
             signal(SignalKind::interrupt()),
             signal(SignalKind::terminate()),
         ) else {
-            eprintln!("valk: warning: cannot install signal handlers");
+            super::log(format_args!(
+                "valk: warning: cannot install signal handlers"
+            ));
             return;
         };
         super::runtime().spawn(async move {
@@ -80,7 +82,9 @@ pub fn install_signal_handlers() {
                 }
                 received += 1;
                 if received == 1 {
-                    eprintln!("valk: stopping servers gracefully (signal again to quit at once)");
+                    super::log(format_args!(
+                        "valk: stopping servers gracefully (signal again to quit at once)"
+                    ));
                     request_exit(0);
                 } else {
                     std::process::exit(130);
@@ -157,7 +161,7 @@ fn start_workers() {
             .stack_size(WORKER_STACK)
             .spawn(move || run_worker(index, &program));
         if let Err(e) = spawned {
-            eprintln!("valk: cannot start isolate {}: {}", index, e);
+            super::log(format_args!("valk: cannot start isolate {}: {}", index, e));
             break;
         }
     }
@@ -196,7 +200,7 @@ fn run_worker(index: usize, program: &[ProgramPart]) {
             break;
         }
         if let Err(rendered) = result {
-            eprintln!("valk: isolate {}: {}", index, rendered);
+            super::log(format_args!("valk: isolate {}: {}", index, rendered));
             break;
         }
     }

@@ -231,6 +231,48 @@ fn host_value(vm: &mut Vm, object: impl HostObject) -> Value {
     Value::Ref(vm.heap.alloc(Object::Ref(Box::new(object))))
 }
 
+thread_local! {
+    /// Bytes held by the request and response values made on this thread
+    /// since `serve_exchange` last ran a full collection.
+    static MESSAGE_BYTES: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Message bytes a serving isolate may accumulate before a full
+/// collection frees them (more when its live heap is larger, so the
+/// collections cost a bounded share of the time).
+const MESSAGE_BUDGET: usize = 4 << 20;
+
+/// A host value for a request or response. The heap counts every host
+/// object as a few dozen bytes, and a minor collection keeps them all, so
+/// a serving isolate held every request between full collections: some
+/// 150 MB each at the default threshold. What they really hold is counted
+/// here, and `serve_exchange` runs a full collection once it adds up.
+fn message_value(vm: &mut Vm, object: impl HostObject, bytes: usize) -> Value {
+    MESSAGE_BYTES.with(|b| b.set(b.get().saturating_add(bytes)));
+    host_value(vm, object)
+}
+
+/// Roughly what a header map holds: its table, and an entry and a value
+/// buffer per header.
+fn headers_bytes(headers: &HeaderMap) -> usize {
+    256 + headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 160)
+        .sum::<usize>()
+}
+
+fn incoming_bytes(r: &IncomingRequest) -> usize {
+    std::mem::size_of::<IncomingRequest>()
+        + r.path().len()
+        + r.authority().len()
+        + headers_bytes(&r.parts.headers)
+        + r.body.len()
+}
+
+fn response_bytes(r: &ResponseData) -> usize {
+    std::mem::size_of::<ResponseData>() + headers_bytes(&r.headers) + r.body.len()
+}
+
 fn host<T: 'static>(vm: &Vm, v: Value) -> Option<&T> {
     match v {
         Value::Ref(g) => vm.heap.host_ref(g).as_any().downcast_ref::<T>(),
@@ -380,7 +422,10 @@ fn payload_value(vm: &mut Vm, payload: &Payload) -> Value {
                 Err(o) => o,
             };
             match object.downcast::<ResponseData>() {
-                Ok(r) => host_value(vm, ResponseRef(r)),
+                Ok(r) => {
+                    let bytes = response_bytes(&r);
+                    message_value(vm, ResponseRef(r), bytes)
+                }
                 Err(_) => Value::Unit,
             }
         }
@@ -600,7 +645,8 @@ builtin!(
             headers,
             body: Bytes::from(body),
         };
-        ret(host_value(vm, ResponseRef(Arc::new(data))))
+        let bytes = response_bytes(&data);
+        ret(message_value(vm, ResponseRef(Arc::new(data)), bytes))
     }
 );
 
@@ -688,17 +734,22 @@ pub fn serve_exchange(vm: &mut Vm, handler: Value, exchange: Exchange) {
         // The connection is gone: nobody would read the answer.
         return;
     }
-    let req = host_value(vm, RequestRef(RefCell::new(Request::Incoming(request))));
+    let bytes = incoming_bytes(&request);
+    let req = message_value(
+        vm,
+        RequestRef(RefCell::new(Request::Incoming(request))),
+        bytes,
+    );
     let response = match vm.call(handler, &[req], None) {
         Ok(Value::Str(g)) => ResponseData::text(StatusCode::OK, vm.heap.string(g).to_string()),
         Ok(v) => match host::<ResponseRef>(vm, v) {
             Some(r) => (*r.0).clone(),
             None => {
-                eprintln!(
+                crate::aio::log(format_args!(
                     "valk: http2 handler for {} returned {}, expected a String or an http2/response",
                     request_label(vm, req),
                     v.type_name()
-                );
+                ));
                 ResponseData::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
             }
         },
@@ -709,17 +760,24 @@ pub fn serve_exchange(vm: &mut Vm, handler: Value, exchange: Exchange) {
                     "Service Unavailable: shutting down\n",
                 )
             } else {
-                eprintln!(
+                crate::aio::log(format_args!(
                     "valk: http2 handler error for {}: {}",
                     request_label(vm, req),
                     vm.render_error(e)
-                );
+                ));
                 ResponseData::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
             }
         }
     };
     vm.clear_uncatchable();
     reply.send(response);
+    // As safe a point as any inside the handler: nothing of this request
+    // is needed any more, and whatever waits below is rooted.
+    let held = MESSAGE_BYTES.with(|b| b.get());
+    if held >= MESSAGE_BUDGET.max(vm.heap.live_bytes()) {
+        MESSAGE_BYTES.with(|b| b.set(0));
+        vm.collect();
+    }
 }
 
 /// `GET /path` for log lines.

@@ -6,10 +6,20 @@
 //! limits: handshake and header-read timeout, idle timeout, body size and
 //! time, handler deadline, and the graceful stop (GOAWAY, in-flight
 //! requests finish, then the grace deadline).
+//!
+//! A client that stops reading must not make the server hold its answers
+//! without bound: the socket is wrapped in a `Metered` stream that follows
+//! the frames going out and coming in, so the connection knows how many
+//! response body bytes h2 still holds. Past the send buffer limit (or with
+//! too many handler requests in flight) new requests wait on the
+//! connection, unstarted, until the client reads; a client that takes
+//! nothing for the idle timeout while answers wait for it is cut off.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::task::Poll;
+use std::collections::{HashMap, VecDeque};
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -19,7 +29,7 @@ use h2::RecvStream;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, DATE};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use tokio_rustls::TlsAcceptor;
@@ -56,11 +66,20 @@ fn settings(limits: &Limits) -> h2::server::Builder {
     builder
 }
 
-/// A request whose response an isolate is making.
+/// A handler request: waiting on the connection to be started, or whose
+/// response an isolate is making.
 struct Waiting {
     respond: SendResponse<Bytes>,
-    deadline: Instant,
+    /// When the answer is due; None until the request is started.
+    deadline: Option<Instant>,
     head: bool,
+}
+
+/// A handler request not yet started (its body not yet read).
+struct Held {
+    token: u64,
+    parts: Parts,
+    body: RecvStream,
 }
 
 struct Streams<'a> {
@@ -70,16 +89,27 @@ struct Streams<'a> {
     limits: &'static Limits,
     tls: bool,
     waiting: HashMap<u64, Waiting>,
+    /// Handler requests waiting to be started, oldest first.
+    held: VecDeque<Held>,
+    /// Handler requests started and not yet answered.
+    in_flight: usize,
+    /// Response bytes h2 holds for this connection.
+    meter: Arc<Mutex<Meter>>,
     next_token: u64,
     replies: UnboundedSender<(u64, ResponseData)>,
 }
 
-async fn drive<I>(server: &Arc<Server>, io: I, started: Instant, tls: bool)
+pub(super) async fn drive<I>(server: &Arc<Server>, io: I, started: Instant, tls: bool)
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let limits = Limits::get();
     let header_deadline = tokio::time::Instant::from_std(started + limits.header_timeout);
+    let meter = Arc::new(Mutex::new(Meter::default()));
+    let io = Metered {
+        io,
+        meter: meter.clone(),
+    };
     let handshake = settings(limits).handshake::<_, Bytes>(io);
     let mut conn = match tokio::time::timeout_at(header_deadline, handshake).await {
         Ok(Ok(conn)) => conn,
@@ -92,6 +122,9 @@ where
         limits,
         tls,
         waiting: HashMap::new(),
+        held: VecDeque::new(),
+        in_flight: 0,
+        meter,
         next_token: 0,
         replies: replies_tx,
     };
@@ -104,7 +137,12 @@ where
     let mut last_activity = Instant::now();
     // Set once GOAWAY was sent: the connection must be gone by then.
     let mut closing: Option<Instant> = None;
+    // The body bytes written so far, and when that last grew (or nothing
+    // was waiting to be written).
+    let mut written = 0u64;
+    let mut last_progress = Instant::now();
     loop {
+        streams.start_held();
         tokio::select! {
             biased;
             Some((token, response)) = replies.recv() => {
@@ -140,6 +178,12 @@ where
                 // Closed, or a connection error (h2 has sent GOAWAY).
                 _ => break,
             },
+            // Held requests may start once the client has taken enough.
+            // Only polling `conn` above writes to the socket, and it runs
+            // first in the same pass, so this needs no waker of its own.
+            _ = std::future::poll_fn(|_| {
+                if streams.can_start() { Poll::Ready(()) } else { Poll::Pending }
+            }), if !streams.held.is_empty() => {}
             changed = state.changed() => {
                 let now = *state.borrow_and_update();
                 if changed.is_err() || now == FORCED {
@@ -153,6 +197,18 @@ where
             _ = ticker.tick() => {
                 let now = Instant::now();
                 streams.expire(now);
+                let (unsent, total) = {
+                    let meter = lock(&streams.meter);
+                    (meter.unsent, meter.written)
+                };
+                if unsent == 0 || total != written {
+                    written = total;
+                    last_progress = now;
+                } else if now >= last_progress + limits.idle_timeout {
+                    // Answers wait and the client takes none of them: it
+                    // cannot be sent GOAWAY either, so it is cut off.
+                    break;
+                }
                 match closing {
                     Some(deadline) => if now >= deadline { break },
                     None => {
@@ -178,10 +234,10 @@ where
 impl Streams<'_> {
     fn accept(&mut self, request: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
         let head = request.method() == Method::HEAD;
-        let Some(jobs) = self.server.jobs() else {
+        if self.server.jobs().is_none() {
             self.ready.push((respond, head));
             return;
-        };
+        }
         let (parts, body) = request.into_parts();
         let declared = parts
             .headers
@@ -189,20 +245,86 @@ impl Streams<'_> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.limits.max_body as u64) {
-            send(&mut respond, plain(StatusCode::PAYLOAD_TOO_LARGE), head);
+            send(
+                &mut respond,
+                plain(StatusCode::PAYLOAD_TOO_LARGE),
+                head,
+                None,
+            );
             return;
         }
         let token = self.next_token;
         self.next_token += 1;
-        let deadline = Instant::now() + self.limits.body_timeout + self.limits.handler_timeout;
         self.waiting.insert(
             token,
             Waiting {
                 respond,
-                deadline,
+                deadline: None,
                 head,
             },
         );
+        let held = Held { token, parts, body };
+        if self.held.is_empty() && self.can_start() {
+            self.start(held);
+        } else {
+            if self.held.len() >= self.limits.max_streams as usize {
+                self.prune_held();
+            }
+            self.held.push_back(held);
+        }
+    }
+
+    /// Forgets held requests whose stream the client has reset. h2 stops
+    /// counting a reset stream against the stream limit, so a client that
+    /// opens and resets streams while others wait would otherwise make the
+    /// queue grow without bound. Runs when the queue reaches the stream
+    /// limit, which only reset streams can take it past.
+    fn prune_held(&mut self) {
+        let mut cx = Context::from_waker(Waker::noop());
+        let waiting = &mut self.waiting;
+        self.held.retain(|h| {
+            let reset = waiting
+                .get_mut(&h.token)
+                .is_none_or(|w| w.respond.poll_reset(&mut cx).is_ready());
+            if reset {
+                waiting.remove(&h.token);
+            }
+            !reset
+        });
+    }
+
+    /// Whether another handler request may start: few enough in flight,
+    /// and the client has taken all but a send buffer of the answers.
+    fn can_start(&self) -> bool {
+        self.in_flight < self.limits.max_in_flight
+            && lock(&self.meter).unsent < self.limits.send_buffer
+    }
+
+    /// Starts held requests while they may start.
+    fn start_held(&mut self) {
+        while !self.held.is_empty() && self.can_start() {
+            if let Some(held) = self.held.pop_front() {
+                self.start(held);
+            }
+        }
+    }
+
+    /// Reads the request's body (in a task of its own) and hands it to
+    /// the isolates; its deadline starts now.
+    fn start(&mut self, Held { token, parts, body }: Held) {
+        let server = self.server;
+        let Some(jobs) = server.jobs() else { return };
+        let Some(w) = self.waiting.get_mut(&token) else {
+            return;
+        };
+        // The client may have given up on it while it waited.
+        let mut cx = Context::from_waker(Waker::noop());
+        if w.respond.poll_reset(&mut cx).is_ready() {
+            self.waiting.remove(&token);
+            return;
+        }
+        w.deadline = Some(Instant::now() + self.limits.body_timeout + self.limits.handler_timeout);
+        self.in_flight += 1;
         let reply = Replier::new(token, self.replies.clone());
         let tls = self.tls;
         if body.is_end_stream() {
@@ -223,26 +345,30 @@ impl Streams<'_> {
     /// Answers the demo requests taken in this pass.
     fn answer_ready(&mut self) {
         for (mut respond, head) in self.ready.drain(..) {
-            send(&mut respond, demo(), head);
+            send(&mut respond, demo(), head, None);
         }
     }
 
     fn answer(&mut self, token: u64, response: ResponseData) {
         // Gone when the deadline passed first.
         if let Some(mut w) = self.waiting.remove(&token) {
-            send(&mut w.respond, response, w.head);
+            if w.deadline.is_some() {
+                self.in_flight -= 1;
+            }
+            send(&mut w.respond, response, w.head, Some(&self.meter));
         }
     }
 
     /// Answers requests whose handler is past its deadline.
     fn expire(&mut self, now: Instant) {
-        if self.waiting.values().all(|w| w.deadline > now) {
+        let late = |w: &Waiting| w.deadline.is_some_and(|d| d <= now);
+        if !self.waiting.values().any(late) {
             return;
         }
         let late: Vec<u64> = self
             .waiting
             .iter()
-            .filter(|(_, w)| w.deadline <= now)
+            .filter(|(_, w)| late(w))
             .map(|(t, _)| *t)
             .collect();
         for token in late {
@@ -321,8 +447,14 @@ fn plain(status: StatusCode) -> ResponseData {
     ResponseData::text(status, format!("{}\n", reason))
 }
 
-/// Writes a response (queued on the connection; flushed with the others).
-fn send(respond: &mut SendResponse<Bytes>, data: ResponseData, head: bool) {
+/// Writes a response (queued on the connection; flushed with the others);
+/// its body is counted by `meter` until it has left.
+fn send(
+    respond: &mut SendResponse<Bytes>,
+    data: ResponseData,
+    head: bool,
+    meter: Option<&Mutex<Meter>>,
+) {
     let mut response = Response::new(());
     *response.status_mut() = data.status;
     *response.headers_mut() = data.headers;
@@ -341,7 +473,291 @@ fn send(respond: &mut SendResponse<Bytes>, data: ResponseData, head: bool) {
     // An error means the client reset the stream: nobody to answer.
     if let Ok(mut stream) = respond.send_response(response, end) {
         if !end {
-            let _ = stream.send_data(data.body, true);
+            let (id, len) = (stream.stream_id().as_u32(), data.body.len());
+            if stream.send_data(data.body, true).is_ok() {
+                if let Some(meter) = meter {
+                    lock(meter).queued(id, len);
+                }
+            }
         }
+    }
+}
+
+// ---- knowing what has left ------------------------------------------------
+
+const DATA: u8 = 0;
+const RST_STREAM: u8 = 3;
+/// `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`, before the client's first frame.
+const CLIENT_PREFACE_LEN: usize = 24;
+
+/// Follows the frames of one direction of a connection's byte stream.
+struct Framing {
+    /// Bytes still to pass before the first frame (the client's preface).
+    skip: usize,
+    head: [u8; 9],
+    /// Bytes of `head` received.
+    have: usize,
+    /// Payload bytes of the current frame still to come.
+    left: usize,
+    kind: u8,
+    stream: u32,
+}
+
+impl Framing {
+    fn new(skip: usize) -> Framing {
+        Framing {
+            skip,
+            head: [0; 9],
+            have: 0,
+            left: 0,
+            kind: 0,
+            stream: 0,
+        }
+    }
+
+    /// Follows `bytes`, calling `on(kind, stream, n)` for every n payload
+    /// bytes of a DATA frame and once (n = 0) for each other frame.
+    fn follow(&mut self, mut bytes: &[u8], mut on: impl FnMut(u8, u32, usize)) {
+        let skip = self.skip.min(bytes.len());
+        self.skip -= skip;
+        bytes = &bytes[skip..];
+        while !bytes.is_empty() {
+            if self.left > 0 {
+                let n = self.left.min(bytes.len());
+                if self.kind == DATA {
+                    on(DATA, self.stream, n);
+                }
+                self.left -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (9 - self.have).min(bytes.len());
+            self.head[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have == 9 {
+                let h = self.head;
+                self.have = 0;
+                self.left = (h[0] as usize) << 16 | (h[1] as usize) << 8 | h[2] as usize;
+                self.kind = h[3];
+                self.stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+                if self.kind != DATA {
+                    on(self.kind, self.stream, 0);
+                }
+            }
+        }
+    }
+}
+
+/// The response body bytes a connection has handed to h2 and h2 has not
+/// yet written to the socket. h2 buffers a whole body passed to
+/// `send_data` until flow control lets it out; this is how much of that
+/// there is.
+struct Meter {
+    /// Per stream: body bytes handed to h2 and not yet written.
+    pending: HashMap<u32, usize>,
+    /// Their sum.
+    unsent: usize,
+    /// Body bytes written in all.
+    written: u64,
+    out: Framing,
+    input: Framing,
+}
+
+impl Default for Meter {
+    fn default() -> Meter {
+        Meter {
+            pending: HashMap::new(),
+            unsent: 0,
+            written: 0,
+            out: Framing::new(0),
+            input: Framing::new(CLIENT_PREFACE_LEN),
+        }
+    }
+}
+
+/// Drops what is left of a stream's body: h2 discards it when the
+/// stream is reset, by either side.
+fn forget(pending: &mut HashMap<u32, usize>, unsent: &mut usize, stream: u32) {
+    if let Some(left) = pending.remove(&stream) {
+        *unsent -= left;
+    }
+}
+
+impl Meter {
+    fn queued(&mut self, stream: u32, len: usize) {
+        *self.pending.entry(stream).or_insert(0) += len;
+        self.unsent += len;
+    }
+
+    /// Bytes h2 wrote to the socket.
+    fn wrote(&mut self, bytes: &[u8]) {
+        let Meter {
+            pending,
+            unsent,
+            written,
+            out,
+            ..
+        } = self;
+        out.follow(bytes, |kind, stream, n| match kind {
+            DATA => {
+                *written += n as u64;
+                if let Some(left) = pending.get_mut(&stream) {
+                    let n = n.min(*left);
+                    *left -= n;
+                    *unsent -= n;
+                    if *left == 0 {
+                        pending.remove(&stream);
+                    }
+                }
+            }
+            RST_STREAM => forget(pending, unsent, stream),
+            _ => {}
+        });
+    }
+
+    /// Bytes h2 read from the socket.
+    fn read(&mut self, bytes: &[u8]) {
+        let Meter {
+            pending,
+            unsent,
+            input,
+            ..
+        } = self;
+        input.follow(bytes, |kind, stream, _| {
+            if kind == RST_STREAM {
+                forget(pending, unsent, stream);
+            }
+        });
+    }
+}
+
+fn lock(meter: &Mutex<Meter>) -> MutexGuard<'_, Meter> {
+    meter.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The connection's socket (or TLS stream) as h2 sees it, with every byte
+/// that passes shown to the meter.
+struct Metered<I> {
+    io: I,
+    meter: Arc<Mutex<Meter>>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Metered<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            lock(&this.meter).read(&buf.filled()[before..]);
+        }
+        result
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Metered<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let result = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = result {
+            lock(&this.meter).wrote(&buf[..n.min(buf.len())]);
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let result = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(mut n)) = result {
+            let mut meter = lock(&this.meter);
+            for buf in bufs {
+                if n == 0 {
+                    break;
+                }
+                let k = n.min(buf.len());
+                meter.wrote(&buf[..k]);
+                n -= k;
+            }
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, 0];
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn the_meter_follows_frames_split_anywhere() {
+        let mut out = frame(1, 1, b"headers");
+        out.extend(frame(DATA, 1, &[7; 300]));
+        out.extend(frame(4, 0, &[]));
+        out.extend(frame(DATA, 3, &[7; 50]));
+        for step in [1, 2, 9, 10, 64, out.len()] {
+            let mut meter = Meter::default();
+            meter.queued(1, 500);
+            meter.queued(3, 50);
+            for chunk in out.chunks(step) {
+                meter.wrote(chunk);
+            }
+            assert_eq!(meter.written, 350, "step {}", step);
+            assert_eq!(meter.unsent, 200, "step {}", step);
+            assert_eq!(meter.pending.get(&1), Some(&200));
+            assert!(!meter.pending.contains_key(&3));
+        }
+    }
+
+    #[test]
+    fn a_reset_stream_is_forgotten_either_way() {
+        let mut meter = Meter::default();
+        meter.queued(1, 100);
+        meter.queued(3, 100);
+        meter.queued(5, 100);
+        // The client's reset comes after its preface.
+        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        input.extend(frame(4, 0, &[]));
+        input.extend(frame(RST_STREAM, 3, &8u32.to_be_bytes()));
+        for chunk in input.chunks(5) {
+            meter.read(chunk);
+        }
+        assert_eq!(meter.unsent, 200);
+        meter.wrote(&frame(RST_STREAM, 5, &8u32.to_be_bytes()));
+        assert_eq!(meter.unsent, 100);
+        // Data of a forgotten stream still in the write buffer is ignored.
+        meter.wrote(&frame(DATA, 3, &[0; 40]));
+        assert_eq!(meter.unsent, 100);
+        assert_eq!(meter.pending.get(&1), Some(&100));
     }
 }

@@ -13,7 +13,7 @@ pub struct Limits {
     pub max_body: usize,
     /// Largest header list accepted (SETTINGS_MAX_HEADER_LIST_SIZE).
     pub max_header_list: u32,
-    /// Open connections per server; more wait in the listen backlog.
+    /// Open connections per server; more are closed as soon as accepted.
     pub max_connections: usize,
     /// From accepting a connection to its first complete request headers
     /// (TLS handshake included).
@@ -26,6 +26,14 @@ pub struct Limits {
     pub handler_timeout: Duration,
     /// Handler requests waiting for an isolate, per server; past it 503.
     pub queue: usize,
+    /// Lisp handler requests one connection has started (body being read,
+    /// queued for an isolate or running) and not yet answered; more wait
+    /// on the connection.
+    pub max_in_flight: usize,
+    /// Response body bytes one connection has handed to HTTP/2 that the
+    /// client has not yet taken; past it the connection starts no new
+    /// handler request until the client reads.
+    pub send_buffer: usize,
     /// How long a graceful stop waits for in-flight requests.
     pub grace: Duration,
     /// Client: TCP connect plus TLS handshake.
@@ -39,10 +47,10 @@ fn env_number(name: &str, default: u64) -> u64 {
         Ok(s) => match s.trim().parse::<u64>() {
             Ok(n) if n > 0 => n,
             _ => {
-                eprintln!(
+                crate::aio::log(format_args!(
                     "valk: warning: ignoring {}={:?} (expected a positive integer); using {}",
                     name, s, default
-                );
+                ));
                 default
             }
         },
@@ -67,6 +75,8 @@ impl Limits {
             body_timeout: env_ms("VALK_HTTP_BODY_TIMEOUT_MS", 30_000),
             handler_timeout: env_ms("VALK_HTTP_HANDLER_TIMEOUT_MS", 30_000),
             queue: env_number("VALK_HTTP_QUEUE", 16_384) as usize,
+            max_in_flight: env_number("VALK_HTTP_MAX_IN_FLIGHT", 32) as usize,
+            send_buffer: env_number("VALK_HTTP_SEND_BUFFER", 4 << 20) as usize,
             grace: env_ms("VALK_HTTP_GRACE_MS", 10_000),
             connect_timeout: env_ms("VALK_HTTP_CONNECT_TIMEOUT_MS", 10_000),
             request_timeout: env_ms("VALK_HTTP_REQUEST_TIMEOUT_MS", 30_000),

@@ -1,8 +1,8 @@
 //! The HTTP/2 server: binds, accepts (h2c with prior knowledge, or TLS
-//! with ALPN h2) up to the connection limit, hands each connection to
-//! connection.rs, and stops gracefully. Requests get the built-in demo
-//! response on tokio threads, or are queued as `Exchange`s for the
-//! interpreter isolates that hold the Lisp handler.
+//! with ALPN h2) up to the connection limit and closes what is over it at
+//! once, hands each connection to connection.rs, and stops gracefully.
+//! Requests get the built-in demo response on tokio threads, or are queued
+//! as `Exchange`s for the interpreter isolates that hold the Lisp handler.
 //!
 //! Every server of the process is in one registry, so the program can wait
 //! for all to drain and workers can find the main isolate's servers by the
@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use hyper::header::{HeaderName, HeaderValue};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
@@ -186,23 +187,8 @@ pub fn start(
     lisp_handler: bool,
     ordinal: Option<usize>,
 ) -> Arc<Server> {
-    let handling = if lisp_handler {
-        let (jobs, queue) = crossbeam_channel::bounded(Limits::get().queue);
-        Handling::Isolates { jobs, queue }
-    } else {
-        Handling::Demo
-    };
-    let server = Arc::new(Server {
-        ordinal,
-        host: host.clone(),
-        tls: matches!(transport, Transport::Tls { .. }),
-        handling,
-        addr: OnceLock::new(),
-        bound: Completion::new(),
-        drained: Completion::new(),
-        state: watch::Sender::new(RUNNING),
-        active: AtomicUsize::new(1),
-    });
+    let tls = matches!(transport, Transport::Tls { .. });
+    let server = new_server(ordinal, host.clone(), tls, lisp_handler);
     registry().push(server.clone());
     let s = server.clone();
     aio::runtime().spawn(async move {
@@ -218,6 +204,43 @@ pub fn start(
         }
     });
     server
+}
+
+/// A server that listens nowhere and is in no registry: its connections
+/// come from `serve_stream`. For fuzzing the request path and for tests.
+#[doc(hidden)]
+pub fn detached(lisp_handler: bool) -> Arc<Server> {
+    new_server(None, String::new(), false, lisp_handler)
+}
+
+fn new_server(ordinal: Option<usize>, host: String, tls: bool, lisp_handler: bool) -> Arc<Server> {
+    let handling = if lisp_handler {
+        let (jobs, queue) = crossbeam_channel::bounded(Limits::get().queue);
+        Handling::Isolates { jobs, queue }
+    } else {
+        Handling::Demo
+    };
+    Arc::new(Server {
+        ordinal,
+        host,
+        tls,
+        handling,
+        addr: OnceLock::new(),
+        bound: Completion::new(),
+        drained: Completion::new(),
+        state: watch::Sender::new(RUNNING),
+        active: AtomicUsize::new(1),
+    })
+}
+
+/// Serves one h2c connection over any byte stream, as an accepted socket
+/// is served, until it closes. Needs a tokio runtime (any flavour).
+#[doc(hidden)]
+pub async fn serve_stream<I>(server: &Arc<Server>, io: I)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    super::connection::drive(server, io, std::time::Instant::now(), false).await;
 }
 
 async fn bind(
@@ -253,13 +276,6 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, acceptor: Optio
         if *state.borrow_and_update() != RUNNING {
             break;
         }
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(s) => s,
-                Err(_) => break,
-            },
-            _ = state.changed() => continue,
-        };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => stream,
@@ -272,6 +288,13 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, acceptor: Optio
             },
             _ = state.changed() => continue,
         };
+        // Past the limit a connection is closed at once: left in the
+        // listen backlog it would hang, and once the backlog is full new
+        // clients could not even connect.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refuse(stream, acceptor.is_some());
+            continue;
+        };
         server.active.fetch_add(1, Ordering::AcqRel);
         let s = server.clone();
         let acceptor = acceptor.clone();
@@ -283,6 +306,29 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, acceptor: Optio
     }
     drop(listener);
     server.release();
+}
+
+/// What a cleartext connection over the limit gets before it is closed:
+/// the server's (empty) SETTINGS, as every HTTP/2 server starts with, and
+/// GOAWAY with last stream 0 (nothing was processed, so a client may retry
+/// elsewhere or later) and REFUSED_STREAM.
+const REFUSAL: &[u8] = &[
+    0, 0, 0, 4, 0, 0, 0, 0, 0, // SETTINGS, empty
+    0, 0, 32, 7, 0, 0, 0, 0, 0, // GOAWAY, 8 + 24 bytes
+    0, 0, 0, 0, // last stream 0
+    0, 0, 0, 7, // REFUSED_STREAM
+    b'c', b'o', b'n', b'n', b'e', b'c', b't', b'i', b'o', b'n', b' ', b'l', b'i', b'm', b'i', b't',
+    b' ', b'r', b'e', b'a', b'c', b'h', b'e', b'd',
+];
+
+/// Closes a connection over the limit without waiting for it: a
+/// best-effort GOAWAY over h2c (one non-blocking write; TLS would need a
+/// handshake first), then the socket is dropped.
+fn refuse(stream: TcpStream, tls: bool) {
+    if !tls {
+        let _ = stream.try_write(REFUSAL);
+    }
+    drop(stream);
 }
 
 /// Headers HTTP/2 forbids (RFC 9113 §8.2.2).

@@ -91,7 +91,9 @@ fn make_client_config() -> Result<Arc<ClientConfig>, String> {
         }
         builder.with_root_certificates(roots).with_no_client_auth()
     } else {
-        eprintln!("valk: warning: VALK_TLS_VERIFY=0: server certificates are NOT verified");
+        crate::aio::log(format_args!(
+            "valk: warning: VALK_TLS_VERIFY=0: server certificates are NOT verified"
+        ));
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))

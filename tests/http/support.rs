@@ -180,6 +180,12 @@ impl Server {
     /// Starts `valk ARGS…` and waits for its "ready" line, collecting the
     /// "NAME-port N" lines before it.
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
+        Server::start_with(args, envs, true)
+    }
+
+    /// As `start`; with `keep_stderr` false the read end of the server's
+    /// standard error is closed at once, so every write to it fails.
+    pub fn start_with(args: &[&str], envs: &[(&str, &str)], keep_stderr: bool) -> Server {
         let mut cmd = Command::new(VALK);
         cmd.args(args)
             .current_dir(ROOT)
@@ -200,7 +206,13 @@ impl Server {
                 }
             }
         });
-        let stderr = Some(drain(child.stderr.take().unwrap()));
+        let stderr_pipe = child.stderr.take().unwrap();
+        let stderr = if keep_stderr {
+            Some(drain(stderr_pipe))
+        } else {
+            drop(stderr_pipe);
+            Some(thread::spawn(String::new))
+        };
         let mut server = Server {
             child,
             ports: HashMap::new(),
