@@ -5,10 +5,12 @@
 //! A cycle starts at a minor collection once the old generation has grown
 //! past `major_at`: that collection's root scan shades the old objects the
 //! roots reach (`Heap::claim` in `Mode::Minor`), onto `major_gray`. Then
-//! each slice, due after `slice_every` bytes of allocation, traces at most
+//! each slice, due at a safe point once the program has allocated
+//! `slice_every` bytes since the last one (see `start_cycle`), traces about
 //! `mark_work` objects and fields of old objects (young ones are left to the
-//! minor collections). Minor collections go on as usual during the cycle,
-//! and keep the tri-color invariant of the old generation:
+//! minor collections). A long list is cut off there and its rest left gray;
+//! a single map or scope is traced whole. Minor collections go on as usual
+//! during the cycle, and keep the tri-color invariant of the old generation:
 //!
 //! - what they promote is black (marked): they marked or shaded everything
 //!   it points at;
@@ -16,6 +18,9 @@
 //!   of the write barrier in `Heap::scope_mut`) and every live host object
 //!   are traced again, shading what they point at now;
 //! - the roots are scanned, shading the old objects they point at.
+//!
+//! Lists allocated straight into the old generation (`cons_cell_old`) are
+//! black too, and shade their tail.
 //!
 //! Objects never change after they are made, except scopes and host
 //! objects, so no black object can point at a white one that nothing gray
@@ -49,7 +54,7 @@ impl Heap {
     /// Starts a major cycle at the minor collection about to mark its
     /// roots, and paces it: the cycle's slices (enough to trace the live
     /// heap and sweep the table) are spread over `pace` bytes of
-    /// allocation, a quarter of the old generation (at least the minor
+    /// allocation, an eighth of the old generation (at least the minor
     /// threshold), so the cycle ends before the heap has grown much,
     /// however large it is or however fast the program allocates. A slice's
     /// work stays bounded: a burst of allocation is paid for by slices at
