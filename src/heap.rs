@@ -1,7 +1,10 @@
 //! The traced heap: every list cell, string, lambda, scope, error, map and
 //! host object lives here and is reached through a `Gc` handle. Collection is
-//! mark-and-sweep, run only at safe points chosen by the VM, which supplies
-//! the roots. Owns allocation, the collector and `gc/stats` numbers.
+//! generational mark-and-sweep, run only at safe points chosen by the VM,
+//! which supplies the roots: minor collections trace the young objects, and
+//! major collections of the old generation are incremental (marked and swept
+//! a bounded slice per safe point, see `incremental`). Owns allocation, the
+//! collector and `gc/stats` numbers.
 
 use std::any::Any;
 use std::num::NonZeroU32;
@@ -15,6 +18,8 @@ use crate::error::{ErrorData, Span};
 use crate::map::Entries;
 use crate::symbol::Sym;
 use crate::value::Value;
+
+mod incremental;
 
 /// An internal invariant was broken: a handle named the wrong kind of
 /// object. Never reachable from Valkyria source.
@@ -111,6 +116,60 @@ pub struct GcStats {
     pub pause_us_max: u64,
     pub pause_us_total: u64,
     pub freed_total: u64,
+    /// Major collections completed: incremental cycles and full ones.
+    pub major_cycles: u64,
+}
+
+/// Where the major cycle is, between safe points.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    /// No major cycle: only minor collections run.
+    Idle,
+    /// Old objects are being marked, a slice at a time.
+    Marking,
+    /// Marking is complete; the object table is swept a slice at a time.
+    Sweeping,
+}
+
+/// What the step chosen by `begin_collection` does.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Step {
+    /// A minor collection (which may start or end a major cycle's marking).
+    Minor,
+    /// A complete stop-the-world collection of everything.
+    Full,
+    /// A bounded slice of the major cycle's marking or sweeping.
+    Slice,
+}
+
+/// How `mark` treats the objects it reaches.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// Young objects are traced; old ones are live by assumption (shaded
+    /// for the major cycle while it marks).
+    Minor,
+    /// Everything is traced.
+    Full,
+    /// Old objects are traced for the major cycle; young ones are left to
+    /// the next minor collection.
+    Incremental,
+}
+
+impl Mode {
+    /// The objects this mode marks and traces: those whose flags masked
+    /// by the first are the second (unmarked, and of the right age).
+    #[inline(always)]
+    fn claims(self) -> (u8, u8) {
+        match self {
+            // A minor collection neither marks nor traces old objects: they
+            // are live by assumption, and the young objects they point at
+            // are found through the remembered set.
+            Mode::Minor => (MARKED | OLD, 0),
+            Mode::Full => (MARKED, 0),
+            // Young objects are decided by the next minor collection.
+            Mode::Incremental => (MARKED | OLD, OLD),
+        }
+    }
 }
 
 pub struct Heap {
@@ -125,12 +184,33 @@ pub struct Heap {
     /// Host objects, traced as roots by minor collections (their contents
     /// can change behind the collector's back).
     host_refs: Vec<Gc>,
-    /// Bytes held by old objects, and the level that triggers a major
-    /// (full) collection.
+    /// Bytes held by old objects, and the level that starts a major
+    /// cycle.
     old_bytes: usize,
     major_at: usize,
-    /// The collection in progress is a minor one.
-    minor: bool,
+    /// How `mark` treats what it reaches, and what the step in progress is.
+    mode: Mode,
+    step: Step,
+    /// The major cycle's state; see `incremental`.
+    phase: Phase,
+    /// Old objects the major cycle has marked but not yet traced.
+    major_gray: Vec<Gc>,
+    /// While sweeping: slots below this have been swept.
+    sweep_pos: usize,
+    /// While sweeping: bytes of the old objects known live so far.
+    sweep_live: usize,
+    /// Bytes that became old during the cycle (live by fiat, not traced).
+    cycle_new: usize,
+    /// Pacing of a major cycle: bytes of allocation each slice pays for,
+    /// bytes allocated and not yet paid for, and the `allocated_since_gc`
+    /// already counted in `owed`.
+    slice_every: usize,
+    owed: usize,
+    charged: usize,
+    /// Work units (objects and fields traced) per marking slice, and
+    /// slots per sweeping slice.
+    mark_work: usize,
+    sweep_work: usize,
     free: Option<Gc>,
     live: usize,
     /// Approximate bytes held by live objects (after the last collection,
@@ -174,7 +254,18 @@ impl Heap {
             host_refs: Vec::new(),
             old_bytes: 0,
             major_at: threshold_bytes.saturating_mul(4),
-            minor: false,
+            mode: Mode::Full,
+            step: Step::Full,
+            phase: Phase::Idle,
+            major_gray: Vec::new(),
+            sweep_pos: 0,
+            sweep_live: 0,
+            cycle_new: 0,
+            slice_every: threshold_bytes,
+            owed: 0,
+            charged: 0,
+            mark_work: incremental::MARK_WORK,
+            sweep_work: incremental::SWEEP_WORK,
             free: None,
             live: 0,
             bytes: 0,
@@ -248,12 +339,15 @@ impl Heap {
     }
 
     /// Test mode: collect at the first safe point after every `bytes`
-    /// allocated (every eighth collection major), and whenever a builtin
-    /// reserves heap (see `Vm::reserve`).
+    /// allocated (every eighth collection full, and major cycles with tiny
+    /// slices in between), and whenever a builtin reserves heap (see
+    /// `Vm::reserve`).
     pub fn set_stress(&mut self, bytes: usize) {
         self.stress = true;
         self.threshold = bytes;
         self.next_collection = bytes;
+        self.mark_work = incremental::STRESS_MARK_WORK;
+        self.sweep_work = incremental::STRESS_SWEEP_WORK;
     }
 
     /// Whether the test mode of `set_stress` is on.
@@ -316,7 +410,10 @@ impl Heap {
 
     /// Mutable access to a scope. This is the write barrier: an old scope
     /// that is written may now point at young objects, so it is
-    /// remembered for the next minor collection.
+    /// remembered for the next minor collection. The remembered set also
+    /// serves a major cycle that is marking: every minor collection traces
+    /// the scopes written since the last one and shades the old objects
+    /// they point at, and marking only ends at a minor collection.
     #[inline(always)]
     pub fn scope_mut(&mut self, g: Gc) -> &mut Scope {
         let i = g.index();
@@ -405,8 +502,17 @@ impl Heap {
         let g = self.cons_cell(head, tail, Span::NONE);
         if self.young.last() == Some(&g) {
             self.young.pop();
-            self.flags[g.index()] = OLD;
+            let i = g.index();
+            // Black while a major cycle marks, so its tail must not stay
+            // white.
+            self.flags[i] = OLD | self.black_bit(i);
+            if self.phase == Phase::Marking {
+                if let Some(t) = tail {
+                    self.shade(t);
+                }
+            }
             self.old_bytes += CONS_BYTES;
+            self.old_added(i, CONS_BYTES);
         }
         g
     }
@@ -543,14 +649,33 @@ impl Heap {
 
     #[inline]
     pub fn mark(&mut self, g: Gc) {
+        if self.claim(g) {
+            self.gray.push(g);
+        }
+    }
+
+    /// Marks `g` if the step in progress traces it, and says whether the
+    /// caller must trace it (push it gray or follow it).
+    #[inline(always)]
+    fn claim(&mut self, g: Gc) -> bool {
         let i = g.index();
         let flags = self.flags[i];
-        // A minor collection neither marks nor traces old objects: they are
-        // live by assumption, and the young objects they point at are found
-        // through the remembered set.
-        if flags & MARKED == 0 && !(self.minor && flags & OLD != 0) {
+        let (mask, want) = self.mode.claims();
+        if flags & mask == want {
             self.flags[i] = flags | MARKED;
-            self.gray.push(g);
+            true
+        } else {
+            if flags & (OLD | MARKED) == OLD
+                && self.mode == Mode::Minor
+                && self.phase == Phase::Marking
+            {
+                // An old object reached by a minor collection while a major
+                // cycle marks: it is reachable, so the major cycle must
+                // trace it (it is shaded gray for the next slice).
+                self.flags[i] = flags | MARKED;
+                self.major_gray.push(g);
+            }
+            false
         }
     }
 
@@ -562,110 +687,177 @@ impl Heap {
 
     fn trace_gray(&mut self) {
         while let Some(g) = self.gray.pop() {
-            self.trace_object(g);
+            self.trace_object(g, usize::MAX);
         }
     }
 
-    /// Marks everything `g` refers to.
-    fn trace_object(&mut self, g: Gc) {
+    /// Marks everything `g` refers to and returns the work done (objects
+    /// and fields visited). A list's cells are followed in a loop; after
+    /// `limit` cells the rest of the list is left gray.
+    fn trace_object(&mut self, g: Gc, limit: usize) -> usize {
         let mut host_values = Vec::new();
-        {
-            // Temporarily take what we need out of the object to satisfy
-            // the borrow checker; objects are never moved.
-            match &self.objects[g.index()] {
-                Object::Cons(c) => {
-                    // Follow the tail chain here rather than through the
-                    // gray stack: lists are long and mostly cons cells.
-                    let (mut head, mut tail) = (c.head, c.tail);
-                    loop {
-                        self.mark_value(head);
-                        let Some(t) = tail else { break };
-                        let i = t.index();
-                        let flags = self.flags[i];
-                        if flags & MARKED != 0 || (self.minor && flags & OLD != 0) {
+        // Temporarily take what we need out of the object to satisfy the
+        // borrow checker; objects are never moved.
+        match &self.objects[g.index()] {
+            Object::Cons(c) => {
+                // Follow the tail chain here rather than through the gray
+                // stack: lists are long and mostly cons cells.
+                let (mut head, mut tail) = (c.head, c.tail);
+                let mut work = 1;
+                loop {
+                    self.mark_value(head);
+                    let Some(t) = tail else { break };
+                    if !self.claim(t) {
+                        break;
+                    }
+                    if work >= limit {
+                        self.gray.push(t);
+                        break;
+                    }
+                    match &self.objects[t.index()] {
+                        Object::Cons(next) => {
+                            head = next.head;
+                            tail = next.tail;
+                            work += 1;
+                        }
+                        _ => {
+                            self.gray.push(t);
                             break;
                         }
-                        self.flags[i] = flags | MARKED;
-                        match &self.objects[i] {
-                            Object::Cons(next) => {
-                                head = next.head;
-                                tail = next.tail;
-                            }
-                            _ => {
-                                self.gray.push(t);
-                                break;
-                            }
-                        }
                     }
                 }
-                Object::Lambda(l) => {
-                    let proto = l.proto.clone();
-                    let env = l.env;
-                    let bound: SmallVec<[Value; 8]> = l.bound.iter().copied().collect();
-                    self.mark_proto(&proto);
-                    if let Some(e) = env {
-                        self.mark(e);
-                    }
-                    for v in bound {
-                        self.mark_value(v);
-                    }
-                }
-                Object::Scope(s) => {
-                    let vars: SmallVec<[Value; 8]> = s.vars.iter().map(|(_, v)| *v).collect();
-                    let (parent, caller, func) = (s.parent, s.caller, s.func.clone());
-                    for v in vars {
-                        self.mark_value(v);
-                    }
-                    if let Some(p) = parent {
-                        self.mark(p);
-                    }
-                    if let Some(c) = caller {
-                        self.mark(c);
-                    }
-                    if let Some(f) = func {
-                        self.mark_proto(&f);
-                    }
-                }
-                Object::Map(m) => {
-                    host_values.extend(m.values().flat_map(|(k, v)| [*k, *v]));
-                    for v in host_values.drain(..) {
-                        self.mark_value(v);
-                    }
-                }
-                Object::Ref(r) => {
-                    r.trace(&mut host_values);
-                    for v in host_values.drain(..) {
-                        self.mark_value(v);
-                    }
-                }
-                Object::Str(_) | Object::Error(_) | Object::Free(_) => {}
+                work
             }
+            Object::Lambda(l) => {
+                let proto = l.proto.clone();
+                let env = l.env;
+                let bound: SmallVec<[Value; 8]> = l.bound.iter().copied().collect();
+                self.mark_proto(&proto);
+                if let Some(e) = env {
+                    self.mark(e);
+                }
+                for &v in &bound {
+                    self.mark_value(v);
+                }
+                1 + proto.constants.len() + bound.len()
+            }
+            Object::Scope(s) => {
+                let vars: SmallVec<[Value; 8]> = s.vars.iter().map(|(_, v)| *v).collect();
+                let (parent, caller, func) = (s.parent, s.caller, s.func.clone());
+                for &v in &vars {
+                    self.mark_value(v);
+                }
+                if let Some(p) = parent {
+                    self.mark(p);
+                }
+                if let Some(c) = caller {
+                    self.mark(c);
+                }
+                let mut work = 1 + vars.len();
+                if let Some(f) = func {
+                    self.mark_proto(&f);
+                    work += f.constants.len();
+                }
+                work
+            }
+            Object::Map(m) => {
+                host_values.extend(m.values().flat_map(|(k, v)| [*k, *v]));
+                let work = 1 + host_values.len();
+                for v in host_values.drain(..) {
+                    self.mark_value(v);
+                }
+                work
+            }
+            Object::Ref(r) => {
+                r.trace(&mut host_values);
+                let work = 1 + host_values.len();
+                for v in host_values.drain(..) {
+                    self.mark_value(v);
+                }
+                work
+            }
+            Object::Str(_) | Object::Error(_) | Object::Free(_) => 1,
         }
     }
 
-    /// Starts a collection: decides whether it is minor (young objects
-    /// only) or major (everything). Roots are marked next, then
-    /// `finish_collection` completes it.
+    /// Starts a collection step at a safe point: a full collection when
+    /// `force_major` (or under stress, now and then), else a minor
+    /// collection when enough has been allocated (or the major cycle's
+    /// marking is ready to end), else a slice of the major cycle. Roots are
+    /// marked next if `needs_roots`, then `finish_collection` completes it.
     pub fn begin_collection(&mut self, force_major: bool) {
-        // Under stress every eighth collection is major, so old objects
-        // that lost their roots are freed too.
-        let stress_major = self.stress && self.stats.collections % 8 == 7;
-        self.minor = !force_major && !stress_major && self.old_bytes < self.major_at;
+        // Under stress every eighth collection is full, so old objects that
+        // lost their roots are freed outside major cycles too.
+        let stress_full =
+            self.stress && self.phase == Phase::Idle && self.stats.collections % 8 == 7;
+        if force_major || stress_full {
+            self.abandon_cycle();
+            self.step = Step::Full;
+            self.mode = Mode::Full;
+        } else if self.phase == Phase::Idle
+            || self.allocated_since_gc >= self.threshold
+            || (self.phase == Phase::Marking && self.major_gray.is_empty())
+        {
+            let stress_major = self.stress && self.stats.collections % 8 == 3;
+            if self.phase == Phase::Idle && (self.old_bytes >= self.major_at || stress_major) {
+                self.start_cycle();
+            }
+            self.step = Step::Minor;
+            self.mode = Mode::Minor;
+        } else {
+            self.step = Step::Slice;
+            self.mode = Mode::Incremental;
+        }
     }
 
-    /// Finishes a collection whose roots have been marked: traces, sweeps
-    /// and records statistics. `started` is when root marking began.
+    /// Whether the step begun by `begin_collection` needs the roots marked
+    /// (a slice of a major cycle does not).
+    pub fn needs_roots(&self) -> bool {
+        self.step != Step::Slice
+    }
+
+    /// Whether the step begun by `begin_collection` may free objects (a
+    /// marking slice does not), so caches keyed by handles must be cleared.
+    pub fn may_free(&self) -> bool {
+        self.step != Step::Slice || self.phase == Phase::Sweeping
+    }
+
+    /// Finishes the step begun by `begin_collection` once its roots are
+    /// marked: traces, sweeps and records statistics. `started` is when the
+    /// step began. Returns the number of objects freed.
     pub fn finish_collection(&mut self, started: Instant) -> usize {
-        let freed = if self.minor {
-            self.finish_minor()
-        } else {
-            self.finish_major()
+        let step = self.step;
+        self.charge();
+        let freed = match step {
+            Step::Minor => {
+                let freed = self.finish_minor();
+                if self.phase == Phase::Marking {
+                    self.mark_slice();
+                    if self.major_gray.is_empty() {
+                        self.start_sweep();
+                    }
+                }
+                freed
+            }
+            Step::Full => self.finish_major(),
+            Step::Slice => match self.phase {
+                Phase::Marking => {
+                    self.mark_slice();
+                    0
+                }
+                Phase::Sweeping => self.sweep_slice(),
+                Phase::Idle => 0,
+            },
         };
-        self.minor = false;
-        self.allocated_since_gc = 0;
-        self.next_collection = self.threshold;
+        self.step = Step::Full;
+        self.mode = Mode::Full;
+        if step != Step::Slice {
+            self.allocated_since_gc = 0;
+            self.charged = 0;
+            self.stats.collections += 1;
+        }
+        self.schedule();
         let pause = started.elapsed().as_micros() as u64;
-        self.stats.collections += 1;
         self.stats.pause_us_max = self.stats.pause_us_max.max(pause);
         self.stats.pause_us_total += pause;
         self.stats.freed_total += freed as u64;
@@ -691,12 +883,12 @@ impl Heap {
         let remembered = std::mem::take(&mut self.remembered);
         for &g in &remembered {
             self.flags[g.index()] &= !REMEMBERED;
-            self.trace_object(g);
+            self.trace_object(g, usize::MAX);
         }
         let host_refs = std::mem::take(&mut self.host_refs);
         for &g in &host_refs {
             if matches!(self.objects[g.index()], Object::Ref(_)) {
-                self.trace_object(g);
+                self.trace_object(g, usize::MAX);
             }
         }
         self.host_refs = host_refs;
@@ -708,6 +900,8 @@ impl Heap {
         for g in free_scopes {
             let i = g.index();
             if self.flags[i] & OLD != 0 {
+                let size = Self::object_bytes(&self.objects[i]);
+                self.old_freed(i, size);
                 self.free_slot(i);
                 freed += 1;
             }
@@ -718,8 +912,13 @@ impl Heap {
             let i = g.index();
             let flags = self.flags[i];
             if flags & MARKED != 0 {
-                self.flags[i] = OLD;
-                promoted += Self::object_bytes(&self.objects[i]);
+                // Survivors of a minor collection during a major cycle are
+                // black for it: everything they point at was marked or
+                // shaded by this collection.
+                self.flags[i] = OLD | self.black_bit(i);
+                let size = Self::object_bytes(&self.objects[i]);
+                promoted += size;
+                self.old_added(i, size);
             } else if flags & OLD == 0 && !matches!(self.objects[i], Object::Free(_)) {
                 self.free_slot(i);
                 freed += 1;
@@ -733,7 +932,8 @@ impl Heap {
         freed
     }
 
-    /// Traces everything from the roots and sweeps the whole table.
+    /// Traces everything from the roots and sweeps the whole table, stopping
+    /// the world (`gc/collect`, the heap limit, and stress mode).
     fn finish_major(&mut self) -> usize {
         self.trace_gray();
         for g in std::mem::take(&mut self.remembered) {
@@ -768,6 +968,7 @@ impl Heap {
         self.major_at = bytes
             .saturating_mul(2)
             .max(self.threshold.saturating_mul(4));
+        self.stats.major_cycles += 1;
         freed
     }
 }

@@ -467,11 +467,24 @@ impl Vm {
         self.collect_with(true);
     }
 
-    /// Runs a collection: minor (young objects only) unless `major` or the
-    /// old generation has grown enough to need a full one.
+    /// Runs a collection step: a full collection if `major`, else a minor
+    /// collection or a slice of the incremental major cycle, as the heap
+    /// decides (see `heap::incremental`).
     fn collect_with(&mut self, major: bool) {
         let started = Instant::now();
         self.heap.begin_collection(major);
+        if self.heap.needs_roots() {
+            self.mark_roots();
+        }
+        if self.heap.may_free() {
+            self.compile_cache.clear();
+        }
+        self.heap.finish_collection(started);
+    }
+
+    /// Marks every root: globals, the value stack, pinned values, frames,
+    /// scopes being run in and the constants of code being run.
+    fn mark_roots(&mut self) {
         for i in 0..self.globals.len() {
             if let Some(v) = self.globals[i] {
                 self.heap.mark_value(v);
@@ -514,8 +527,6 @@ impl Vm {
                 }
             }
         }
-        self.compile_cache.clear();
-        self.heap.finish_collection(started);
     }
 
     #[inline]

@@ -91,3 +91,24 @@ fn discarded_map_versions_are_collected() {
     assert_eq!(out, "1001");
     assert!(mb < 150, "peak RSS {mb} MiB");
 }
+
+#[test]
+fn a_million_live_cells_stay_right_through_incremental_major_collections() {
+    // `big` keeps 1,000,000 cells live. Each step makes a 100,000-cell list
+    // straight into the old generation and drops it, so the old generation
+    // keeps filling with garbage and goes through one major collection
+    // after another; meanwhile the loop's frame (an old scope, rewritten
+    // through the write barrier) gathers young lists made by `map`.
+    let src = "(def {big} (range 0 1000000))\n\
+               (fun {step i kept} {do (= {recent} (range i (+ i 100000))) \
+                 (= {fresh} (map (\\ {x} {* x 2}) (range 0 100))) \
+                 (if (== (% i 7) 0) {cons fresh kept} {kept})})\n\
+               (fun {run i n kept} {if (== i n) {kept} {run (+ i 1) n (step i kept)}})\n\
+               (def {kept} (run 0 400 {}))\n\
+               (fun {gc-get key} {snd (fst (filter (\\ {entry} {== (fst entry) key}) (gc/stats {})))})\n\
+               (print (len big) (foldl + 0 big) (len kept) \
+                 (foldl + 0 (map (\\ {l} {foldl + 0 l}) kept)) (>= (gc-get \"major-cycles\") 5))\n";
+    let (out, mb) = run_measured(src);
+    assert_eq!(out, "1000000 499999500000 58 574200 1");
+    assert!(mb < 400, "peak RSS {mb} MiB");
+}

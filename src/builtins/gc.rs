@@ -19,14 +19,15 @@ builtin!(
     }
 );
 
-builtin!(STATS, "gc/stats", "(gc/stats _)", "Collector statistics: {{\"collections\" n} {\"heap-bytes\" n} {\"live-objects\" n} {\"pause-us-max\" n} {\"pause-us-total\" n}}.", |vm, args, env| {
+builtin!(STATS, "gc/stats", "(gc/stats _)", "Collector statistics: {{\"collections\" n} {\"heap-bytes\" n} {\"live-objects\" n} {\"pause-us-max\" n} {\"pause-us-total\" n} {\"major-cycles\" n}}: pauses are the longest and the total of every collection step, in microseconds; major cycles are the completed collections of the old generation.", |vm, args, env| {
     let s = vm.heap.stats;
-    let entries: [(&str, u64); 5] = [
+    let entries: [(&str, u64); 6] = [
         ("collections", s.collections),
         ("heap-bytes", vm.heap.live_bytes() as u64),
         ("live-objects", vm.heap.live_objects() as u64),
         ("pause-us-max", s.pause_us_max),
         ("pause-us-total", s.pause_us_total),
+        ("major-cycles", s.major_cycles),
     ];
     let mut pairs = Vec::new();
     for (k, n) in entries {
