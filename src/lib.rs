@@ -121,7 +121,7 @@ impl Interpreter {
                 interp.vm.set_global(sym, v);
             }
         }
-        interp.vm.steps_left = limits.steps;
+        interp.vm.set_step_limit(limits.steps);
         if limits.heap_bytes.is_some() {
             interp.vm.max_heap = limits.heap_bytes;
         }

@@ -177,8 +177,9 @@ pub struct Vm {
     pub files: Vec<String>,
     pub interrupt: Arc<AtomicBool>,
     /// Calls left before evaluation stops with `step limit exceeded`
-    /// (`None`: unbounded). Counted where the interrupt flag is checked.
-    pub steps_left: Option<u64>,
+    /// (`None`: unbounded). Counted where the interrupt flag is checked;
+    /// set with `set_step_limit`.
+    steps_left: Option<u64>,
     /// Set by the host for untrusted code: `exit` and `load` are Errors.
     pub sandboxed: bool,
     pub mode: Mode,
@@ -298,6 +299,14 @@ impl Vm {
     #[inline]
     fn stack_exhausted(&self) -> bool {
         self.stack_base.saturating_sub(stack_address()) > self.stack_budget
+    }
+
+    /// Limits the calls that may still be made (`None`: unbounded). Every
+    /// call from now on counts: the fuel left from unbounded running (up
+    /// to 1024 calls between checks) is dropped.
+    pub fn set_step_limit(&mut self, steps: Option<u64>) {
+        self.steps_left = steps;
+        self.fuel = 1;
     }
 
     /// Restores a usable state after an evaluation was abandoned midway
@@ -1298,12 +1307,13 @@ impl Vm {
         mut name: Option<Sym>,
     ) -> Result<Value, Gc> {
         loop {
-            self.fuel -= 1;
-            if self.fuel == 0 {
-                self.refuel(span)?;
-            }
             match self.stack[base] {
                 Value::Builtin(id) => {
+                    // A lambda's call is counted by `enter_call`.
+                    self.fuel -= 1;
+                    if self.fuel == 0 {
+                        self.refuel(span)?;
+                    }
                     // Keep the scope alive while the builtin runs: it may
                     // be a `let` scope that nothing else holds.
                     self.env_roots.extend(env);
@@ -1378,6 +1388,22 @@ impl Vm {
                 self.fuel = 1;
             }
             None => self.fuel = 1024,
+        }
+        Ok(())
+    }
+
+    /// What calling a builtin through `apply` checks and counts, for an
+    /// operation done in place of that call: the depth limit, the
+    /// interrupt flag and the step budget.
+    #[inline(never)]
+    fn count_builtin_call(&mut self, span: Span) -> Result<(), Gc> {
+        if self.depth >= self.max_depth || self.stack_exhausted() {
+            let limit = self.max_depth;
+            return Err(self.error_at(format!("stack depth exceeded (limit {})", limit), span));
+        }
+        self.fuel -= 1;
+        if self.fuel == 0 {
+            self.refuel(span)?;
         }
         Ok(())
     }
@@ -1896,6 +1922,13 @@ impl Vm {
                     if self.is_lazy(f) && self.wants_env(id, callee) {
                         env = self.materialize(f);
                     }
+                    // Counted like any other call.
+                    self.fuel -= 1;
+                    if self.fuel == 0 {
+                        if let Err(e) = self.refuel(span) {
+                            return Err((e, true));
+                        }
+                    }
                     let args: SmallVec<[Value; 8]> =
                         SmallVec::from_slice(&self.stack[callee + 1..]);
                     self.span = span;
@@ -2028,9 +2061,14 @@ impl Vm {
                         let fast = match (a, b) {
                             (Value::Num(x), Value::Num(y)) => prim_numbers(op, x, y),
                             // Structural equality of any two values, as
-                            // the builtins do it.
-                            _ if op == PrimOp::Eq => Some(Value::bool(equal(&self.heap, a, b))),
-                            _ if op == PrimOp::Ne => Some(Value::bool(!equal(&self.heap, a, b))),
+                            // the builtins do it, and counted as their call.
+                            _ if matches!(op, PrimOp::Eq | PrimOp::Ne) => {
+                                if let Err(e) = self.count_builtin_call(code.spans[pc - 1]) {
+                                    throw!(e)
+                                }
+                                let same = equal(&self.heap, a, b);
+                                Some(Value::bool(same == (op == PrimOp::Eq)))
+                            }
                             _ => None,
                         };
                         if let Some(v) = fast {
@@ -2126,7 +2164,13 @@ impl Vm {
                                 Caller::Env(env)
                             };
                             match self.enter_call(base, caller, span, name) {
-                                Ok(Some(v)) => self.stack.push(v),
+                                Ok(Some(v)) => {
+                                    // A partial application: making it
+                                    // may have made this call's scope.
+                                    self.stack.push(v);
+                                    lazy = self.is_lazy(f);
+                                    env = self.calls[f].env;
+                                }
                                 Ok(None) => reload!(),
                                 Err(e) => throw!(e),
                             }

@@ -69,6 +69,34 @@ fn step_budget_counts_calls() {
 }
 
 #[test]
+fn step_budget_counts_every_call_from_the_first() {
+    // The budget holds from the first call (none left over from loading
+    // the prelude), and counts what a call of a builtin counts: `fun`,
+    // each `count`, a builtin called in tail position, `==` on lists.
+    let exact = |steps: u64, src: &str| {
+        let limits = |steps| Limits {
+            steps: Some(steps),
+            ..Limits::default()
+        };
+        let enough = run_with(limits(steps), src);
+        let short = run_with(limits(steps - 1), src);
+        assert!(!enough.starts_with("Error: step limit"), "{src}: {enough}");
+        assert_eq!(short, "Error: step limit exceeded", "{src}");
+    };
+    exact(
+        7,
+        "(fun {count n} {if (== n 0) {0} {count (- n 1)}}) (count 5)",
+    );
+    exact(
+        9,
+        "(fun {walk l} {if (== l nil) {0} {walk (tail l)}}) (walk {1 2 3})",
+    );
+    exact(3, "(fun {f x} {head x}) (f {1})");
+    exact(4, "(fun {f x} {eval {head x}}) (f {1})");
+    exact(14, "(map (\\ {x} {x}) {1 2})");
+}
+
+#[test]
 fn sandbox_cannot_exit_or_load() {
     assert_eq!(
         run("(exit 3)"),
