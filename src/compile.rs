@@ -137,6 +137,10 @@ pub struct SpecialForms {
     pub select: (Sym, u32),
     pub case: (Sym, u32),
     pub let_: (Sym, u32),
+    /// `eval` and `head`: not inlined, but `(eval (head x))` (the
+    /// prelude's `fst`, `snd`, `nth`) gets a fast path checked at run time.
+    pub eval: (Sym, u32),
+    pub head: (Sym, u32),
     pub prims: Vec<(Sym, u32, PrimOp)>,
     pub ampersand: Sym,
     /// Bit `i` is set when symbol id `i` names a form compiled inline
@@ -260,7 +264,7 @@ impl<'a> Compiler<'a> {
         Ok(Rc::new(Proto {
             formals: Vec::new(),
             rest: None,
-            code: crate::lower::lower(body),
+            code: crate::lower::lower(body, self.forms),
             constants: self.constants,
             formals_value: Value::Nil,
             body_value: v,
@@ -313,7 +317,7 @@ impl<'a> Compiler<'a> {
         Ok(Rc::new(Proto {
             formals: formals.fixed,
             rest: formals.rest,
-            code: crate::lower::lower(body),
+            code: crate::lower::lower(body, c.forms),
             constants: c.constants,
             formals_value,
             body_value,

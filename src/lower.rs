@@ -8,7 +8,7 @@
 //! its name still holds the builtin; when it does not, the form's source is
 //! run as an ordinary call instead, so results are the same either way.
 
-use crate::compile::{Code, PrimOp};
+use crate::compile::{Call, Code, PrimOp, SpecialForms};
 use crate::error::Span;
 use crate::symbol::Sym;
 use crate::value::Value;
@@ -69,6 +69,13 @@ pub enum Op {
     Guard(u32),
     /// `select` found no true clause.
     NoSelection,
+    /// Stands before the `Call` ops of `(eval (head x))`, with the values
+    /// of `eval`, `head` and `x` on top. When those are the builtins and
+    /// `x` is a Q-expression whose first element evaluates to itself (not
+    /// a Symbol or S-expression), replaces the three by that element and
+    /// jumps to the target (past the calls: what they would give, with no
+    /// list cell made); otherwise the calls run.
+    EvalHead(u32),
 }
 
 /// A special form's guard: what to run when its name was rebound.
@@ -92,8 +99,8 @@ pub struct Ops {
     pub guards: Box<[Guard]>,
 }
 
-#[derive(Default)]
-struct Lowerer {
+struct Lowerer<'a> {
+    forms: &'a SpecialForms,
     ops: Vec<Op>,
     spans: Vec<Span>,
     values: Vec<Value>,
@@ -102,8 +109,15 @@ struct Lowerer {
 }
 
 /// Lowers a body, which runs in tail position.
-pub fn lower(body: Code) -> Ops {
-    let mut l = Lowerer::default();
+pub fn lower(body: Code, forms: &SpecialForms) -> Ops {
+    let mut l = Lowerer {
+        forms,
+        ops: Vec::new(),
+        spans: Vec::new(),
+        values: Vec::new(),
+        trees: Vec::new(),
+        guards: Vec::new(),
+    };
     l.expr(body, true);
     Ops {
         ops: l.ops.into_boxed_slice(),
@@ -114,7 +128,7 @@ pub fn lower(body: Code) -> Ops {
     }
 }
 
-impl Lowerer {
+impl Lowerer<'_> {
     fn emit(&mut self, op: Op, span: Span) -> usize {
         self.ops.push(op);
         self.spans.push(span);
@@ -183,6 +197,43 @@ impl Lowerer {
         }
     }
 
+    /// Whether `call` is `(eval (head x))` by name.
+    fn is_eval_head(&self, call: &Call) -> bool {
+        let named = |code: &Code, sym: Sym| matches!(code, Code::Name(s, _) if *s == sym);
+        match &*call.args {
+            [Code::Call(inner)] => {
+                named(&call.head, self.forms.eval.0)
+                    && named(&inner.head, self.forms.head.0)
+                    && inner.args.len() == 1
+            }
+            _ => false,
+        }
+    }
+
+    /// `(eval (head x))`: the ordinary calls, behind an `EvalHead` that
+    /// skips them when it can.
+    fn eval_head(&mut self, call: Call, tail: bool) {
+        let Some(Code::Call(inner)) = call.args.into_vec().pop() else {
+            unreachable!("checked by is_eval_head")
+        };
+        let inner = *inner;
+        self.expr(call.head, false);
+        self.expr(inner.head, false);
+        for arg in inner.args.into_vec() {
+            self.expr(arg, false);
+        }
+        let fast = self.emit(Op::EvalHead(0), inner.span);
+        self.emit(Op::Call(1, inner.name), inner.span);
+        let end = if tail {
+            self.emit(Op::TailCall(1, call.name), call.span);
+            self.emit(Op::Return, Span::NONE) as u32
+        } else {
+            self.emit(Op::Call(1, call.name), call.span);
+            self.here()
+        };
+        self.ops[fast] = Op::EvalHead(end);
+    }
+
     fn expr(&mut self, code: Code, tail: bool) {
         match code {
             Code::Const(v) => {
@@ -215,6 +266,10 @@ impl Lowerer {
             }
             Code::Call(call) => {
                 let call = *call;
+                if self.is_eval_head(&call) {
+                    self.eval_head(call, tail);
+                    return;
+                }
                 let argc = call.args.len() as u32;
                 self.expr(call.head, false);
                 for arg in call.args.into_vec() {

@@ -264,6 +264,8 @@ impl Vm {
             select: form(&mut vm, "select"),
             case: form(&mut vm, "case"),
             let_: form(&mut vm, "let"),
+            eval: form(&mut vm, "eval"),
+            head: form(&mut vm, "head"),
             prims: Vec::new(),
             ampersand: vm.syms.intern("&"),
             inline_mask: 0,
@@ -1791,6 +1793,13 @@ impl Vm {
     /// Calls the builtin at `stack[base]` (not in tail position).
     #[inline]
     fn call_builtin(&mut self, id: u32, base: usize, env: Env, span: Span) -> Result<Value, Gc> {
+        self.fuel -= 1;
+        if self.fuel == 0 {
+            if let Err(e) = self.refuel(span) {
+                self.stack.truncate(base);
+                return Err(e);
+            }
+        }
         let args: SmallVec<[Value; 4]> = SmallVec::from_slice(&self.stack[base + 1..]);
         self.span = span;
         let func = self.builtins[id as usize].func;
@@ -2010,9 +2019,9 @@ impl Vm {
         }
         loop {
             let code = &proto.code;
-            let op = code.ops[pc];
+            let op = &code.ops[pc];
             pc += 1;
-            let value = match op {
+            let value = match *op {
                 Op::Const(i) => {
                     let v = code.values[i as usize];
                     self.stack.push(v);
@@ -2275,6 +2284,31 @@ impl Vm {
                             Err(e) => throw!(e),
                         }
                         pc = end as usize;
+                    }
+                    continue;
+                }
+                Op::EvalHead(end) => {
+                    let n = self.stack.len();
+                    let (e, h, x) = (self.stack[n - 3], self.stack[n - 2], self.stack[n - 1]);
+                    if let (Value::Builtin(e), Value::Builtin(h), Value::Q(g)) = (e, h, x) {
+                        let first = self.heap.cons(g).head;
+                        if e == self.forms.eval.1
+                            && h == self.forms.head.1
+                            && !matches!(first, Value::Sym(_) | Value::S(_))
+                        {
+                            // Counted as the two calls it stands for.
+                            for _ in 0..2 {
+                                self.fuel -= 1;
+                                if self.fuel == 0 {
+                                    if let Err(e) = self.refuel(code.spans[pc - 1]) {
+                                        throw!(e)
+                                    }
+                                }
+                            }
+                            self.stack.truncate(n - 3);
+                            self.stack.push(first);
+                            pc = end as usize;
+                        }
                     }
                     continue;
                 }

@@ -71,8 +71,9 @@ fn step_budget_counts_calls() {
 #[test]
 fn step_budget_counts_every_call_from_the_first() {
     // The budget holds from the first call (none left over from loading
-    // the prelude), and counts what a call of a builtin counts: `fun`,
-    // each `count`, a builtin called in tail position, `==` on lists.
+    // the prelude), and counts every call of a builtin once: `fun`, each
+    // `count`, builtins called in tail position or not, `==` on lists, and
+    // the `eval` and `head` of `fst` even when no call is made for them.
     let exact = |steps: u64, src: &str| {
         let limits = |steps| Limits {
             steps: Some(steps),
@@ -88,12 +89,14 @@ fn step_budget_counts_every_call_from_the_first() {
         "(fun {count n} {if (== n 0) {0} {count (- n 1)}}) (count 5)",
     );
     exact(
-        9,
+        12,
         "(fun {walk l} {if (== l nil) {0} {walk (tail l)}}) (walk {1 2 3})",
     );
     exact(3, "(fun {f x} {head x}) (f {1})");
     exact(4, "(fun {f x} {eval {head x}}) (f {1})");
-    exact(14, "(map (\\ {x} {x}) {1 2})");
+    exact(4, "(fun {f x} {list (len x) 1}) (f {1})");
+    exact(3, "(fst {1 2})");
+    exact(18, "(map (\\ {x} {x}) {1 2})");
 }
 
 #[test]
