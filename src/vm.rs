@@ -540,17 +540,25 @@ impl Vm {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn safe_point(&mut self) -> Result<(), Gc> {
         if self.heap.wants_collection() {
-            self.collect_with(false);
-            if let Some(limit) = self.max_heap {
+            self.collect_at_safe_point()
+        } else {
+            Ok(())
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn collect_at_safe_point(&mut self) -> Result<(), Gc> {
+        self.collect_with(false);
+        if let Some(limit) = self.max_heap {
+            if self.heap.live_bytes() > limit {
+                // Old garbage counts until a full collection frees it.
+                self.collect_with(true);
                 if self.heap.live_bytes() > limit {
-                    // Old garbage counts until a full collection frees it.
-                    self.collect_with(true);
-                    if self.heap.live_bytes() > limit {
-                        return Err(self.out_of_memory());
-                    }
+                    return Err(self.out_of_memory());
                 }
             }
         }
@@ -1672,8 +1680,17 @@ impl Vm {
     /// below the ones on the stack above `base`.
     #[inline(never)]
     fn insert_bound(&mut self, g: Gc, base: usize) {
-        let bound: SmallVec<[Value; 4]> = SmallVec::from_slice(&self.heap.lambda(g).bound);
-        self.stack.splice(base + 1..base + 1, bound);
+        let Vm { heap, stack, .. } = self;
+        let bound = &heap.lambda(g).bound;
+        let nb = bound.len();
+        let old = stack.len();
+        // Grow by the bound values, move the arguments up over them, and
+        // put the bound values below.
+        stack.extend_from_slice(bound);
+        for i in (base + 1..old).rev() {
+            stack[i + nb] = stack[i];
+        }
+        stack[base + 1..base + 1 + nb].copy_from_slice(bound);
     }
 
     /// The scope a caller stands for, making its frame's scope if needed.
@@ -1825,6 +1842,7 @@ impl Vm {
     /// A tail call in a call whose scope is not made yet, of the same
     /// function with exactly its formals: the frame is reused in place
     /// (its bindings are shadowed by the new ones anyway).
+    #[inline]
     fn lazy_self_call(&mut self, f: usize, g: Gc, callee: usize) -> bool {
         let lambda = self.heap.lambda(g);
         let frame = &self.calls[f];
@@ -1838,7 +1856,13 @@ impl Vm {
         }
         let lambda_env = lambda.env;
         let base = frame.base;
-        self.stack.drain(base..callee);
+        // Move the function and arguments down over the old ones (a few
+        // values: a loop beats a call of memmove).
+        let n = self.stack.len() - callee;
+        for i in 0..n {
+            self.stack[base + i] = self.stack[callee + i];
+        }
+        self.stack.truncate(base + n);
         let frame = &mut self.calls[f];
         frame.lambda_env = lambda_env;
         frame.pc = 0;
@@ -2211,6 +2235,28 @@ impl Vm {
                 Op::TailCall(argc, name) => {
                     let span = code.spans[pc - 1];
                     let callee = self.stack.len() - argc as usize - 1;
+                    // A loop: the call replaces itself in place, and the
+                    // code, scope and formals stay where they are.
+                    if lazy {
+                        if let Value::Lambda(g) = self.stack[callee] {
+                            if self.lazy_self_call(f, g, callee) {
+                                self.fuel -= 1;
+                                if self.fuel == 0 {
+                                    if let Err(e) = self.refuel(span) {
+                                        return Err(self.unwind(stop, e, true));
+                                    }
+                                }
+                                let frame = &mut self.calls[f];
+                                frame.span = span;
+                                frame.name = name;
+                                if let Err(e) = self.safe_point() {
+                                    throw!(e)
+                                }
+                                pc = 0;
+                                continue;
+                            }
+                        }
+                    }
                     self.calls[f].pc = pc;
                     match self.tail_dispatch(f, callee, env, span, name) {
                         Ok(Next::Return(v)) => v,
