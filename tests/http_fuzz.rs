@@ -2,43 +2,19 @@
 //! included here) run on its seed corpus, with what each seed must get,
 //! and on every input the fuzzer found a problem with.
 
+#[path = "http/frames.rs"]
+mod frames;
 #[path = "../fuzz/src/http_server.rs"]
 mod http_server;
 
 use std::path::Path;
 
-const DATA: u8 = 0;
-const HEADERS: u8 = 1;
-const RST_STREAM: u8 = 3;
-const SETTINGS: u8 = 4;
-const GOAWAY: u8 = 7;
-
-/// (type, flags, stream, payload) of each complete frame.
-fn frames(buf: &[u8]) -> Vec<(u8, u8, u32, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + 9 <= buf.len() {
-        let len = ((buf[at] as usize) << 16) | ((buf[at + 1] as usize) << 8) | buf[at + 2] as usize;
-        if at + 9 + len > buf.len() {
-            break;
-        }
-        let id =
-            u32::from_be_bytes([buf[at + 5], buf[at + 6], buf[at + 7], buf[at + 8]]) & 0x7fff_ffff;
-        out.push((
-            buf[at + 3],
-            buf[at + 4],
-            id,
-            buf[at + 9..at + 9 + len].to_vec(),
-        ));
-        at += 9 + len;
-    }
-    out
-}
+use frames::{parse_frames, DATA, GOAWAY, HEADERS, RST_STREAM, SETTINGS};
 
 /// The body the server sent on `stream`, as text.
 fn body(output: &[u8], stream: u32) -> String {
     let mut bytes = Vec::new();
-    for f in frames(output) {
+    for f in parse_frames(output) {
         if f.0 == DATA && f.2 == stream {
             bytes.extend_from_slice(&f.3);
         }
@@ -60,7 +36,7 @@ fn every_seed_is_served_and_the_connection_closed() {
     for entry in std::fs::read_dir(&dir).expect("seed corpus") {
         let path = entry.unwrap().path();
         let out = http_server::serve(&std::fs::read(&path).unwrap());
-        let first = frames(&out.output);
+        let first = parse_frames(&out.output);
         assert!(
             first.first().is_some_and(|f| f.0 == SETTINGS),
             "{}: the server starts with its SETTINGS",
@@ -104,7 +80,7 @@ fn seeds_get_their_answers() {
     // No window but 1000 bytes for the stream: so much of the body goes.
     let out = http_server::serve(&seed("zero_window"));
     assert_eq!(out.handled, 1);
-    assert!(frames(&out.output)
+    assert!(parse_frames(&out.output)
         .iter()
         .any(|f| f.0 == HEADERS && f.2 == 1));
     assert_eq!(body(&out.output, 1).len(), 1000);
@@ -128,7 +104,7 @@ fn seeds_get_their_answers() {
     // GOAWAY from the client: stream 3 was sent before it and is served.
     let out = http_server::serve(&seed("head_empty_priority"));
     assert!(body(&out.output, 3).starts_with("DELETE / "));
-    assert!(!frames(&out.output)
+    assert!(!parse_frames(&out.output)
         .iter()
         .any(|f| f.0 == RST_STREAM || f.0 == GOAWAY && f.3[4..8] != [0, 0, 0, 0]));
 }

@@ -6,6 +6,8 @@
 //! written by hand here (only here) to misbehave in ways a real client
 //! library will not.
 
+#[path = "http/frames.rs"]
+mod frames;
 #[path = "http/support.rs"]
 mod support;
 
@@ -13,27 +15,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use frames::*;
 use support::*;
-
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const HEADERS: u8 = 1;
-const RST_STREAM: u8 = 3;
-const SETTINGS: u8 = 4;
-const GOAWAY: u8 = 7;
-const WINDOW_UPDATE: u8 = 8;
-const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 4;
-const END_STREAM: u8 = 1;
-const END_HEADERS: u8 = 4;
-const REFUSED_STREAM: u32 = 7;
-const CANCEL: u32 = 8;
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
 
 /// An HPACK block for `GET http://authority/path` from the static table
 /// and literals without indexing (short strings only).
@@ -53,9 +36,6 @@ fn connect(port: u16) -> TcpStream {
     s.set_nodelay(true).unwrap();
     s
 }
-
-/// One frame read back: (type, flags, stream, payload).
-type Frame = (u8, u8, u32, Vec<u8>);
 
 /// Frames read until the peer closes or `wait` passes, and whether it closed.
 fn read_frames(stream: &mut TcpStream, wait: Duration) -> (Vec<Frame>, bool) {
@@ -87,28 +67,6 @@ fn read_frames(stream: &mut TcpStream, wait: Duration) -> (Vec<Frame>, bool) {
         }
     }
     (parse_frames(&buf), closed)
-}
-
-/// The complete frames at the start of `buf`.
-fn parse_frames(buf: &[u8]) -> Vec<Frame> {
-    let mut frames = Vec::new();
-    let mut at = 0;
-    while at + 9 <= buf.len() {
-        let len = ((buf[at] as usize) << 16) | ((buf[at + 1] as usize) << 8) | buf[at + 2] as usize;
-        if at + 9 + len > buf.len() {
-            break;
-        }
-        let id =
-            u32::from_be_bytes([buf[at + 5], buf[at + 6], buf[at + 7], buf[at + 8]]) & 0x7fff_ffff;
-        frames.push((
-            buf[at + 3],
-            buf[at + 4],
-            id,
-            buf[at + 9..at + 9 + len].to_vec(),
-        ));
-        at += 9 + len;
-    }
-    frames
 }
 
 fn assert_still_serving(server: &Server) {
