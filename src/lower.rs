@@ -47,10 +47,11 @@ pub enum Op {
     /// Pop a condition; jump when it is 0.
     JumpIfFalse(u32, Cond),
     /// `(op formal k)` as a condition, always followed by the
-    /// `JumpIfFalse` it stands for: on Numbers, jump to the target when the
-    /// result is 0, else skip the `JumpIfFalse`; otherwise push the result
-    /// of the call and let the `JumpIfFalse` test it.
-    TestLocalNum(PrimOp, u16, i32),
+    /// `JumpIfFalse` it stands for (whose target it holds): on Numbers,
+    /// jump to the target when the result is 0, else skip the
+    /// `JumpIfFalse`; otherwise push the result of the call and let the
+    /// `JumpIfFalse` test it.
+    TestLocalNum(PrimOp, u16, i32, u32),
     Jump(u32),
     /// Drop the top value.
     Pop,
@@ -64,9 +65,10 @@ pub enum Op {
     Tree(u32),
     /// Run `trees[i]` in tail position: its value or tail call ends the code.
     TailTree(u32),
-    /// Check that `guards[i].form` still holds its builtin; if not, run the
-    /// form's source as an ordinary call and continue at `guards[i].end`.
-    Guard(u32),
+    /// Check that the form's name (`guards[i].form`, also held here) still
+    /// holds its builtin; if not, run the form's source as an ordinary
+    /// call and continue at `guards[i].end`.
+    Guard(u32, Sym),
     /// `select` found no true clause.
     NoSelection,
     /// Stands before the `Call` ops of `(eval (head x))`, with the values
@@ -144,6 +146,10 @@ impl Lowerer<'_> {
             Op::JumpIfFalse(t, _) | Op::Jump(t) => *t = target,
             _ => unreachable!("patching a jump"),
         }
+        // A fused test before the jump jumps to the same place.
+        if let Some(Op::TestLocalNum(_, _, _, t)) = at.checked_sub(1).map(|i| &mut self.ops[i]) {
+            *t = target;
+        }
     }
 
     fn ret(&mut self, tail: bool) {
@@ -167,7 +173,7 @@ impl Lowerer<'_> {
             end: 0,
             tail,
         });
-        self.emit(Op::Guard(i as u32), span);
+        self.emit(Op::Guard(i as u32, form), span);
         i
     }
 
@@ -192,7 +198,7 @@ impl Lowerer<'_> {
                 PrimOp::Lt | PrimOp::Gt | PrimOp::Le | PrimOp::Ge | PrimOp::Eq | PrimOp::Ne
             ) {
                 let last = self.ops.len() - 1;
-                self.ops[last] = Op::TestLocalNum(op, slot, k);
+                self.ops[last] = Op::TestLocalNum(op, slot, k, 0);
             }
         }
     }

@@ -164,6 +164,8 @@ pub struct Vm {
     pub max_depth: usize,
     /// Bit `i`: the inlined form named by symbol `i` still holds its builtin.
     intact_forms: [bool; 128],
+    /// `intact_forms` of each `PrimOp`'s name, by `PrimOp`.
+    prim_intact: [bool; PrimOp::ALL.len()],
     /// Calls left before the interrupt flag and the step budget are looked
     /// at again (checking them on every call costs more than the call).
     fuel: u32,
@@ -226,6 +228,7 @@ impl Vm {
             depth: 0,
             max_depth: DEFAULT_MAX_DEPTH,
             intact_forms: [false; 128],
+            prim_intact: [false; PrimOp::ALL.len()],
             fuel: 1,
             max_heap: std::env::var("VALK_MAX_HEAP_MB")
                 .ok()
@@ -795,6 +798,9 @@ impl Vm {
             _ => false,
         };
         self.intact_forms[(sym.0 & 127) as usize] = holds;
+        if let Some(&(_, _, op)) = self.forms.prims.iter().find(|p| p.0 == sym) {
+            self.prim_intact[op as usize] = holds;
+        }
     }
 
     fn exec_generic<T>(&mut self, node: &Inline<T>, env: Env, tail: bool) -> Result<Flow, Gc> {
@@ -1595,7 +1601,54 @@ impl Vm {
     /// frame, which `run` then executes. `Some(v)`: no frame was needed
     /// (partial application). After an Error, frames above the caller's may
     /// remain for `unwind` to pop.
+    #[inline(always)]
     fn enter_call(
+        &mut self,
+        base: usize,
+        caller: Caller,
+        span: Span,
+        name: Option<Sym>,
+    ) -> Result<Option<Value>, Gc> {
+        if self.depth < self.max_depth && self.fuel > 1 {
+            let Value::Lambda(g) = self.stack[base] else {
+                unreachable!("enter_call is only called for lambdas")
+            };
+            let lambda = self.heap.lambda(g);
+            let nargs = self.stack.len() - base - 1;
+            if lambda.bound.is_empty()
+                && lambda.proto.rest.is_none()
+                && lambda.proto.formals.len() == nargs
+            {
+                // The commonest call: a frame over the arguments as they
+                // are, no scope yet.
+                let proto = lambda.proto.clone();
+                let lambda_env = lambda.env;
+                self.fuel -= 1;
+                self.depth += 1;
+                self.calls.push(Frame {
+                    code: proto,
+                    pc: 0,
+                    env: None,
+                    base,
+                    fp: base + 1,
+                    top: base + 1 + nargs,
+                    act: Some(Activation::default()),
+                    span,
+                    name,
+                    lambda_env,
+                    caller,
+                });
+                self.safe_point()?;
+                return Ok(None);
+            }
+        }
+        self.enter_call_slow(base, caller, span, name)
+    }
+
+    /// `enter_call` past its fast path: limits, fuel, partial application,
+    /// bound or rest arguments.
+    #[inline(never)]
+    fn enter_call_slow(
         &mut self,
         base: usize,
         caller: Caller,
@@ -1842,7 +1895,7 @@ impl Vm {
     /// A tail call in a call whose scope is not made yet, of the same
     /// function with exactly its formals: the frame is reused in place
     /// (its bindings are shadowed by the new ones anyway).
-    #[inline]
+    #[inline(always)]
     fn lazy_self_call(&mut self, f: usize, g: Gc, callee: usize) -> bool {
         let lambda = self.heap.lambda(g);
         let frame = &self.calls[f];
@@ -2057,6 +2110,14 @@ impl Vm {
                     continue;
                 }
                 Op::Name(sym) => {
+                    // A function defined at top level, with no scope yet:
+                    // a global, unless dynamic fallback must look further.
+                    if lazy && self.calls[f].lambda_env.is_none() {
+                        if let Some(Some(v)) = self.globals.get(sym.index()) {
+                            self.stack.push(*v);
+                            continue;
+                        }
+                    }
                     let span = code.spans[pc - 1];
                     let found = if lazy {
                         // A function defined at top level: its free names
@@ -2090,7 +2151,7 @@ impl Vm {
                 Op::Prim(op, form) => {
                     let n = self.stack.len();
                     let (a, b) = (self.stack[n - 2], self.stack[n - 1]);
-                    if self.intact_forms[(form.0 & 127) as usize] {
+                    if self.prim_intact[op as usize] {
                         let fast = match (a, b) {
                             (Value::Num(x), Value::Num(y)) => prim_numbers(op, x, y),
                             // Structural equality of any two values, as
@@ -2123,8 +2184,7 @@ impl Vm {
                 }
                 Op::PrimLocalNum(op, slot, k) => {
                     let a = self.stack[fp + slot as usize];
-                    let form = self.forms.prims[op as usize].0;
-                    if self.intact_forms[(form.0 & 127) as usize] {
+                    if self.prim_intact[op as usize] {
                         if let Value::Num(x) = a {
                             if let Some(v) = prim_numbers(op, x, k as i64) {
                                 self.stack.push(v);
@@ -2132,6 +2192,7 @@ impl Vm {
                             }
                         }
                     }
+                    let form = self.forms.prims[op as usize].0;
                     let span = code.spans[pc - 1];
                     self.calls[f].pc = pc;
                     need_env!();
@@ -2141,21 +2202,18 @@ impl Vm {
                     }
                     continue;
                 }
-                Op::TestLocalNum(op, slot, k) => {
+                Op::TestLocalNum(op, slot, k, target) => {
                     let a = self.stack[fp + slot as usize];
-                    let form = self.forms.prims[op as usize].0;
-                    if self.intact_forms[(form.0 & 127) as usize] {
+                    if self.prim_intact[op as usize] {
                         if let Value::Num(x) = a {
                             if let Some(Value::Num(r)) = prim_numbers(op, x, k as i64) {
                                 // The `JumpIfFalse` that follows, done here.
-                                pc = match code.ops[pc] {
-                                    Op::JumpIfFalse(target, _) if r == 0 => target as usize,
-                                    _ => pc + 1,
-                                };
+                                pc = if r == 0 { target as usize } else { pc + 1 };
                                 continue;
                             }
                         }
                     }
+                    let form = self.forms.prims[op as usize].0;
                     let span = code.spans[pc - 1];
                     self.calls[f].pc = pc;
                     need_env!();
@@ -2305,11 +2363,11 @@ impl Vm {
                         Err(e) => throw!(e),
                     }
                 }
-                Op::Guard(i) => {
-                    let guard = &code.guards[i as usize];
-                    if self.intact_forms[(guard.form.0 & 127) as usize] {
+                Op::Guard(i, form) => {
+                    if self.intact_forms[(form.0 & 127) as usize] {
                         continue;
                     }
+                    let guard = &code.guards[i as usize];
                     let (form, generic, span, end, tail) =
                         (guard.form, guard.generic, guard.span, guard.end, guard.tail);
                     need_env!();
