@@ -2157,10 +2157,18 @@ impl Vm {
                             // Structural equality of any two values, as
                             // the builtins do it, and counted as their call.
                             _ if matches!(op, PrimOp::Eq | PrimOp::Ne) => {
-                                if let Err(e) = self.count_builtin_call(code.spans[pc - 1]) {
+                                if self.fuel > 1 && self.depth < self.max_depth {
+                                    self.fuel -= 1;
+                                } else if let Err(e) = self.count_builtin_call(code.spans[pc - 1]) {
                                     throw!(e)
                                 }
-                                let same = equal(&self.heap, a, b);
+                                // `(== l nil)`, the end of a list walk,
+                                // needs no walk.
+                                let same = if matches!(a, Value::Nil) || matches!(b, Value::Nil) {
+                                    a.same(b)
+                                } else {
+                                    equal(&self.heap, a, b)
+                                };
                                 Some(Value::bool(same == (op == PrimOp::Eq)))
                             }
                             _ => None,
