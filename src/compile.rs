@@ -41,6 +41,8 @@ pub enum PrimOp {
     Add,
     Sub,
     Mul,
+    Div,
+    Rem,
     Lt,
     Gt,
     Le,
@@ -50,10 +52,12 @@ pub enum PrimOp {
 }
 
 impl PrimOp {
-    pub const ALL: [(PrimOp, &'static str); 9] = [
+    pub const ALL: [(PrimOp, &'static str); 11] = [
         (PrimOp::Add, "+"),
         (PrimOp::Sub, "-"),
         (PrimOp::Mul, "*"),
+        (PrimOp::Div, "/"),
+        (PrimOp::Rem, "%"),
         (PrimOp::Lt, "<"),
         (PrimOp::Gt, ">"),
         (PrimOp::Le, "<="),

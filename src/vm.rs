@@ -92,6 +92,20 @@ enum Next {
     Enter,
 }
 
+/// A comparison `op` of two Numbers (`None`: not a comparison).
+#[inline(always)]
+fn compare_numbers(op: PrimOp, a: i64, b: i64) -> Option<bool> {
+    Some(match op {
+        PrimOp::Lt => a < b,
+        PrimOp::Gt => a > b,
+        PrimOp::Le => a <= b,
+        PrimOp::Ge => a >= b,
+        PrimOp::Eq => a == b,
+        PrimOp::Ne => a != b,
+        _ => return None,
+    })
+}
+
 /// `op` on two Numbers; `None` on overflow.
 #[inline(always)]
 fn prim_numbers(op: PrimOp, a: i64, b: i64) -> Option<Value> {
@@ -99,6 +113,10 @@ fn prim_numbers(op: PrimOp, a: i64, b: i64) -> Option<Value> {
         PrimOp::Add => a.checked_add(b).map(Value::Num),
         PrimOp::Sub => a.checked_sub(b).map(Value::Num),
         PrimOp::Mul => a.checked_mul(b).map(Value::Num),
+        // Division by zero is left to the builtin, for its Error.
+        PrimOp::Div if b != 0 => a.checked_div(b).map(Value::Num),
+        PrimOp::Rem if b != 0 => a.checked_rem(b).map(Value::Num),
+        PrimOp::Div | PrimOp::Rem => None,
         PrimOp::Lt => Some(Value::bool(a < b)),
         PrimOp::Gt => Some(Value::bool(a > b)),
         PrimOp::Le => Some(Value::bool(a <= b)),
@@ -1020,18 +1038,7 @@ impl Vm {
         };
         if self.intact(node) {
             if let (Value::Num(a), Value::Num(b)) = (left, right) {
-                let result = match node.node.op {
-                    PrimOp::Add => a.checked_add(b).map(Value::Num),
-                    PrimOp::Sub => a.checked_sub(b).map(Value::Num),
-                    PrimOp::Mul => a.checked_mul(b).map(Value::Num),
-                    PrimOp::Lt => Some(Value::bool(a < b)),
-                    PrimOp::Gt => Some(Value::bool(a > b)),
-                    PrimOp::Le => Some(Value::bool(a <= b)),
-                    PrimOp::Ge => Some(Value::bool(a >= b)),
-                    PrimOp::Eq => Some(Value::bool(a == b)),
-                    PrimOp::Ne => Some(Value::bool(a != b)),
-                };
-                if let Some(v) = result {
+                if let Some(v) = prim_numbers(node.node.op, a, b) {
                     return Ok(v);
                 }
             }
@@ -2214,9 +2221,9 @@ impl Vm {
                     let a = self.stack[fp + slot as usize];
                     if self.prim_intact[op as usize] {
                         if let Value::Num(x) = a {
-                            if let Some(Value::Num(r)) = prim_numbers(op, x, k as i64) {
+                            if let Some(holds) = compare_numbers(op, x, k as i64) {
                                 // The `JumpIfFalse` that follows, done here.
-                                pc = if r == 0 { target as usize } else { pc + 1 };
+                                pc = if holds { pc + 1 } else { target as usize };
                                 continue;
                             }
                         }
