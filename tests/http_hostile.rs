@@ -1,5 +1,5 @@
-//! Hostile input against the HTTP/2 server: garbage bytes, an oversized
-//! body, more streams than allowed (10,000 at once among them), headers
+//! Hostile input against the HTTP/2 server: garbage bytes, oversized
+//! bodies (100 MB, declared and streamed), more streams than allowed (10,000 at once among them), headers
 //! trickled too slowly, idle connections, rapid stream resets, a flood of
 //! connections beyond the limit, and clients that stop reading responses.
 //! After each, the server must still answer a normal request. Frames are
@@ -856,6 +856,79 @@ fn streams_reset_while_they_wait_are_forgotten() {
         baseline
     );
     drop(s);
+    assert_still_serving(&server);
+    let out = server.terminate();
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+}
+
+/// POSTs a body of `total` bytes to `/echo` over h2, in 1 MiB chunks as
+/// flow control allows (declaring its length when `declare`): the status,
+/// and how many bytes the server let the client send.
+async fn post_huge(port: u16, total: usize, declare: bool) -> (u16, usize) {
+    let mut client = h2_client(port, 1 << 20).await.ready().await.unwrap();
+    let mut request = hyper::Request::builder()
+        .method("POST")
+        .uri(format!("http://127.0.0.1:{}/echo", port));
+    if declare {
+        request = request.header("content-length", total.to_string());
+    }
+    let (response, mut body) = client
+        .send_request(request.body(()).unwrap(), false)
+        .expect("send");
+    let sender = tokio::spawn(async move {
+        let chunk = bytes::Bytes::from(vec![b'x'; 1 << 20]);
+        let mut sent = 0usize;
+        while sent < total {
+            body.reserve_capacity(chunk.len().min(total - sent));
+            match std::future::poll_fn(|cx| body.poll_capacity(cx)).await {
+                Some(Ok(0)) => continue,
+                Some(Ok(n)) => {
+                    if body.send_data(chunk.slice(..n), sent + n == total).is_err() {
+                        break;
+                    }
+                    sent += n;
+                }
+                // The server reset the stream: nothing more may be sent.
+                _ => break,
+            }
+        }
+        sent
+    });
+    let status = response.await.expect("response").status().as_u16();
+    let sent = tokio::time::timeout(Duration::from_secs(20), sender)
+        .await
+        .expect("the client is stopped from sending")
+        .unwrap();
+    (status, sent)
+}
+
+#[test]
+fn a_100_mb_request_body_is_refused_without_buffering_it() {
+    const HUNDRED_MB: usize = 100 << 20;
+    let dir = temp_dir("huge-body");
+    let server = serve(&dir, None, &[]);
+    let port = server.port("app");
+    let rt = client_runtime();
+    assert_still_serving(&server);
+    let baseline = rss_mib(server.pid());
+
+    // Declared: refused from the headers, before any of the body.
+    let (status, sent) = rt.block_on(post_huge(port, HUNDRED_MB, true));
+    assert_eq!(status, 413);
+    println!("declared 100 MB body: 413 after {} bytes sent", sent);
+    assert!(sent < 16 << 20, "the client sent {} bytes", sent);
+
+    // Streamed without a length: read up to the limit (8 MiB by
+    // default), then refused and the stream reset.
+    let (status, sent) = rt.block_on(post_huge(port, HUNDRED_MB, false));
+    assert_eq!(status, 413);
+    println!("streamed 100 MB body: 413 after {} bytes sent", sent);
+    assert!(sent < 16 << 20, "the client sent {} bytes", sent);
+
+    if let (Some(before), Some(after)) = (baseline, rss_mib(server.pid())) {
+        println!("server RSS {:.1} -> {:.1} MiB", before, after);
+        assert!(after - before < 48.0, "RSS grew {:.1} MiB", after - before);
+    }
     assert_still_serving(&server);
     let out = server.terminate();
     assert_eq!(out.status, Some(0), "{}", out.describe());
