@@ -52,6 +52,10 @@ pub enum Op {
     /// `JumpIfFalse`; otherwise push the result of the call and let the
     /// `JumpIfFalse` test it.
     TestLocalNum(PrimOp, u16, i32, u32),
+    /// Push `(form a b)` of two formals, such as `(+ x y)`.
+    PrimLocals(PrimOp, u16, u16),
+    /// `TestLocalNum` for two formals, such as `(< y x)`.
+    TestLocals(PrimOp, u16, u16, u32),
     Jump(u32),
     /// Drop the top value.
     Pop,
@@ -147,7 +151,9 @@ impl Lowerer<'_> {
             _ => unreachable!("patching a jump"),
         }
         // A fused test before the jump jumps to the same place.
-        if let Some(Op::TestLocalNum(_, _, _, t)) = at.checked_sub(1).map(|i| &mut self.ops[i]) {
+        if let Some(Op::TestLocalNum(_, _, _, t) | Op::TestLocals(_, _, _, t)) =
+            at.checked_sub(1).map(|i| &mut self.ops[i])
+        {
             *t = target;
         }
     }
@@ -192,14 +198,21 @@ impl Lowerer<'_> {
     /// a Number becomes the fused test.
     fn condition(&mut self, code: Code) {
         self.expr(code, false);
-        if let Some(Op::PrimLocalNum(op, slot, k)) = self.ops.last().copied() {
-            if matches!(
+        let comparison = |op| {
+            matches!(
                 op,
                 PrimOp::Lt | PrimOp::Gt | PrimOp::Le | PrimOp::Ge | PrimOp::Eq | PrimOp::Ne
-            ) {
-                let last = self.ops.len() - 1;
+            )
+        };
+        let last = self.ops.len() - 1;
+        match self.ops[last] {
+            Op::PrimLocalNum(op, slot, k) if comparison(op) => {
                 self.ops[last] = Op::TestLocalNum(op, slot, k, 0);
             }
+            Op::PrimLocals(op, a, b) if comparison(op) => {
+                self.ops[last] = Op::TestLocals(op, a, b, 0);
+            }
+            _ => {}
         }
     }
 
@@ -261,6 +274,13 @@ impl Lowerer<'_> {
                 {
                     if let (Ok(slot), Ok(k)) = (u16::try_from(*slot), i32::try_from(*k)) {
                         self.emit(Op::PrimLocalNum(node.node.op, slot, k), node.span);
+                        self.ret(tail);
+                        return;
+                    }
+                }
+                if let (Code::Local(a), Code::Local(b)) = (&node.node.left, &node.node.right) {
+                    if let (Ok(a), Ok(b)) = (u16::try_from(*a), u16::try_from(*b)) {
+                        self.emit(Op::PrimLocals(node.node.op, a, b), node.span);
                         self.ret(tail);
                         return;
                     }

@@ -2238,6 +2238,64 @@ impl Vm {
                     }
                     continue;
                 }
+                Op::PrimLocals(op, x, y) => {
+                    let (a, b) = (self.stack[fp + x as usize], self.stack[fp + y as usize]);
+                    if self.prim_intact[op as usize] {
+                        if let (Value::Num(x), Value::Num(y)) = (a, b) {
+                            if let Some(v) = prim_numbers(op, x, y) {
+                                self.stack.push(v);
+                                continue;
+                            }
+                        } else if matches!(op, PrimOp::Eq | PrimOp::Ne) {
+                            // As `Prim` does for any two values.
+                            if let Err(e) = self.count_builtin_call(code.spans[pc - 1]) {
+                                throw!(e)
+                            }
+                            let same = equal(&self.heap, a, b);
+                            self.stack.push(Value::bool(same == (op == PrimOp::Eq)));
+                            continue;
+                        }
+                    }
+                    let form = self.forms.prims[op as usize].0;
+                    let span = code.spans[pc - 1];
+                    self.calls[f].pc = pc;
+                    need_env!();
+                    match self.prim_slow(form, span, env, a, b) {
+                        Ok(v) => self.stack.push(v),
+                        Err(e) => throw!(e),
+                    }
+                    continue;
+                }
+                Op::TestLocals(op, x, y, target) => {
+                    let (a, b) = (self.stack[fp + x as usize], self.stack[fp + y as usize]);
+                    if self.prim_intact[op as usize] {
+                        let holds = match (a, b) {
+                            (Value::Num(x), Value::Num(y)) => compare_numbers(op, x, y),
+                            // As `Prim` does for any two values.
+                            _ if matches!(op, PrimOp::Eq | PrimOp::Ne) => {
+                                if let Err(e) = self.count_builtin_call(code.spans[pc - 1]) {
+                                    throw!(e)
+                                }
+                                Some(equal(&self.heap, a, b) == (op == PrimOp::Eq))
+                            }
+                            _ => None,
+                        };
+                        if let Some(holds) = holds {
+                            // The `JumpIfFalse` that follows, done here.
+                            pc = if holds { pc + 1 } else { target as usize };
+                            continue;
+                        }
+                    }
+                    let form = self.forms.prims[op as usize].0;
+                    let span = code.spans[pc - 1];
+                    self.calls[f].pc = pc;
+                    need_env!();
+                    match self.prim_slow(form, span, env, a, b) {
+                        Ok(v) => self.stack.push(v),
+                        Err(e) => throw!(e),
+                    }
+                    continue;
+                }
                 Op::JumpIfFalse(target, cond) => {
                     match self.stack.pop() {
                         Some(Value::Num(0)) => pc = target as usize,
