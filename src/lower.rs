@@ -65,6 +65,8 @@ pub enum Op {
     TailCall(u32, Option<Sym>),
     /// End the running code with the top value.
     Return,
+    /// End the running code with formal `i` (`Local(i)` then `Return`).
+    ReturnLocal(u32),
     /// Push the value of `trees[i]`, run by the tree evaluator.
     Tree(u32),
     /// Run `trees[i]` in tail position: its value or tail call ends the code.
@@ -260,8 +262,11 @@ impl Lowerer<'_> {
                 self.ret(tail);
             }
             Code::Local(slot) => {
-                self.emit(Op::Local(slot), Span::NONE);
-                self.ret(tail);
+                if tail {
+                    self.emit(Op::ReturnLocal(slot), Span::NONE);
+                } else {
+                    self.emit(Op::Local(slot), Span::NONE);
+                }
             }
             Code::Name(sym, span) => {
                 self.emit(Op::Name(sym), span);

@@ -2399,6 +2399,7 @@ impl Vm {
                     }
                 }
                 Op::Return => self.stack.pop().unwrap_or(Value::Unit),
+                Op::ReturnLocal(slot) => self.stack[fp + slot as usize],
                 Op::Tree(i) => {
                     self.calls[f].pc = pc;
                     need_env!();
