@@ -1631,25 +1631,42 @@ impl Vm {
                 let proto = lambda.proto.clone();
                 let lambda_env = lambda.env;
                 self.fuel -= 1;
-                self.depth += 1;
-                self.calls.push(Frame {
-                    code: proto,
-                    pc: 0,
-                    env: None,
-                    base,
-                    fp: base + 1,
-                    top: base + 1 + nargs,
-                    act: Some(Activation::default()),
-                    span,
-                    name,
-                    lambda_env,
-                    caller,
-                });
-                self.safe_point()?;
-                return Ok(None);
+                return self.push_lazy_frame(proto, base, nargs, span, name, lambda_env, caller);
             }
         }
         self.enter_call_slow(base, caller, span, name)
+    }
+
+    /// Pushes the frame of a call whose `nargs` formals are on the stack
+    /// above `base`, with no scope yet, and reaches a safe point.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn push_lazy_frame(
+        &mut self,
+        code: Rc<Proto>,
+        base: usize,
+        nargs: usize,
+        span: Span,
+        name: Option<Sym>,
+        lambda_env: Env,
+        caller: Caller,
+    ) -> Result<Option<Value>, Gc> {
+        self.depth += 1;
+        self.calls.push(Frame {
+            code,
+            pc: 0,
+            env: None,
+            base,
+            fp: base + 1,
+            top: base + 1 + nargs,
+            act: Some(Activation::default()),
+            span,
+            name,
+            lambda_env,
+            caller,
+        });
+        self.safe_point()?;
+        Ok(None)
     }
 
     /// `enter_call` past its fast path: limits, fuel, partial application,
@@ -1690,22 +1707,7 @@ impl Vm {
                 self.insert_bound(g, base);
             }
             let nargs = nbound + nargs;
-            self.depth += 1;
-            self.calls.push(Frame {
-                code: proto,
-                pc: 0,
-                env: None,
-                base,
-                fp: base + 1,
-                top: base + 1 + nargs,
-                act: Some(Activation::default()),
-                span,
-                name,
-                lambda_env,
-                caller,
-            });
-            self.safe_point()?;
-            return Ok(None);
+            return self.push_lazy_frame(proto, base, nargs, span, name, lambda_env, caller);
         }
         let env = self.caller_env(caller);
         let mut activation = Activation::default();
