@@ -147,9 +147,7 @@ fn oversized_bodies_are_refused() {
         "{}",
         out.describe()
     );
-    assert_still_serving(&server);
-    let out = server.terminate();
-    assert_eq!(out.status, Some(0), "{}", out.describe());
+    still_serving_then_stop(server);
 }
 
 #[test]
@@ -184,9 +182,7 @@ fn streams_beyond_the_limit_are_refused() {
         answered
     );
     drop(s);
-    assert_still_serving(&server);
-    let out = server.terminate();
-    assert_eq!(out.status, Some(0), "{}", out.describe());
+    still_serving_then_stop(server);
 }
 
 #[test]
@@ -215,9 +211,7 @@ fn slow_headers_and_silent_connections_time_out() {
             name
         );
     }
-    assert_still_serving(&server);
-    let out = server.terminate();
-    assert_eq!(out.status, Some(0), "{}", out.describe());
+    still_serving_then_stop(server);
 }
 
 #[test]
@@ -242,9 +236,7 @@ fn idle_connections_are_closed_with_goaway() {
     );
     assert!(frames.iter().any(|f| f.0 == GOAWAY), "GOAWAY when idle");
     assert!(closed, "then closed");
-    assert_still_serving(&server);
-    let out = server.terminate();
-    assert_eq!(out.status, Some(0), "{}", out.describe());
+    still_serving_then_stop(server);
 }
 
 #[test]
@@ -265,9 +257,7 @@ fn rapid_resets_do_not_hurt_the_server() {
     let (frames, _) = read_frames(&mut s, Duration::from_secs(3));
     drop(s);
     let _ = frames;
-    assert_still_serving(&server);
-    let out = server.terminate();
-    assert_eq!(out.status, Some(0), "{}", out.describe());
+    still_serving_then_stop(server);
 }
 
 #[test]
@@ -340,9 +330,7 @@ fn ten_thousand_streams_at_once_are_refused_beyond_the_limit() {
         );
         drop(s);
     }
-    assert_still_serving(&server);
-    let out = server.terminate();
-    assert_eq!(out.status, Some(0), "{}", out.describe());
+    still_serving_then_stop(server);
 }
 
 /// What a raw connection went through in a flood.
@@ -477,9 +465,7 @@ fn a_connection_flood_beyond_the_limit_is_refused_promptly() {
         answer = get(port, "/", false);
     }
     assert_eq!(answer, "200 hello from valk");
-    assert_still_serving(&server);
-    let out = server.terminate();
-    assert_eq!(out.status, Some(0), "{}", out.describe());
+    still_serving_then_stop(server);
 }
 
 /// The server's resident memory in MiB (None where /proc is missing).
@@ -501,6 +487,14 @@ const STALL_BOUND_MIB: f64 = 64.0;
 /// Requests a stalled client fires (each for a 1 MiB response).
 const STALLED_REQUESTS: usize = 1000;
 const BIG: usize = 1 << 20;
+
+/// After a hostile client: the server still answers a normal request, and
+/// then stops cleanly when asked.
+fn still_serving_then_stop(server: Server) {
+    assert_still_serving(&server);
+    let out = server.terminate();
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+}
 
 /// A tokio runtime for the h2 client connections of a test.
 fn client_runtime() -> tokio::runtime::Runtime {
@@ -665,9 +659,7 @@ fn clients_that_stop_reading_do_not_grow_the_server() {
         baseline
     );
     drop(s);
-    assert_still_serving(&server);
-    let out = server.terminate();
-    assert_eq!(out.status, Some(0), "{}", out.describe());
+    still_serving_then_stop(server);
 }
 
 #[test]
@@ -705,9 +697,7 @@ fn a_client_that_takes_nothing_is_cut_off_after_the_idle_timeout() {
         "soon after the idle timeout ({:?})",
         started.elapsed()
     );
-    assert_still_serving(&server);
-    let out = server.terminate();
-    assert_eq!(out.status, Some(0), "{}", out.describe());
+    still_serving_then_stop(server);
 }
 
 /// Sends `total` GET / requests over 8 connections, 50 at a time on each,
@@ -777,9 +767,7 @@ fn serving_many_requests_does_not_grow_the_server() {
         peak - baseline,
         baseline
     );
-    assert_still_serving(&server);
-    let out = server.terminate();
-    assert_eq!(out.status, Some(0), "{}", out.describe());
+    still_serving_then_stop(server);
 }
 
 #[test]
@@ -856,9 +844,7 @@ fn streams_reset_while_they_wait_are_forgotten() {
         baseline
     );
     drop(s);
-    assert_still_serving(&server);
-    let out = server.terminate();
-    assert_eq!(out.status, Some(0), "{}", out.describe());
+    still_serving_then_stop(server);
 }
 
 /// POSTs a body of `total` bytes to `/echo` over h2, in 1 MiB chunks as
@@ -929,7 +915,5 @@ fn a_100_mb_request_body_is_refused_without_buffering_it() {
         println!("server RSS {:.1} -> {:.1} MiB", before, after);
         assert!(after - before < 48.0, "RSS grew {:.1} MiB", after - before);
     }
-    assert_still_serving(&server);
-    let out = server.terminate();
-    assert_eq!(out.status, Some(0), "{}", out.describe());
+    still_serving_then_stop(server);
 }
