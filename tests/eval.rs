@@ -147,3 +147,21 @@ fn a_printed_map_evaluates_back_to_an_equal_map() {
     assert_eq!(again, "1");
     assert_eq!(run("(type (map/new {}))"), "\"Map\"");
 }
+
+#[test]
+fn a_partial_application_keeps_the_scope_it_made_for_the_caller() {
+    // Binding `(add 1)` made `f`'s scope; the tail calls after it must
+    // still run there (`x` was not found: `eval` ran in no scope).
+    assert_eq!(
+        run("(fun {add a b} {+ a b}) (fun {f x} {do (add 1) (eval {x})}) (f 5)"),
+        "5"
+    );
+    assert_eq!(
+        run("(fun {add a b} {+ a b}) (fun {peek _} {secret}) (fun {g secret} {do (add 1) (peek 0)}) (g 6)"),
+        "6"
+    );
+    assert_eq!(
+        run("(fun {h x & r} {list x r}) (fun {peek _} {secret}) (fun {k secret} {do (h 1 2) (peek 0)}) (k 7)"),
+        "7"
+    );
+}
