@@ -1415,6 +1415,23 @@ impl Vm {
         Ok(())
     }
 
+    /// Whether `a` equals `b` as `==` compares any two values, for `==`
+    /// and `!=` compiled inline, counted as their call. `(== l nil)`, the
+    /// end of a list walk, needs no walk.
+    #[inline]
+    fn equal_counted(&mut self, a: Value, b: Value, span: Span) -> Result<bool, Gc> {
+        if self.fuel > 1 && self.depth < self.max_depth {
+            self.fuel -= 1;
+        } else {
+            self.count_builtin_call(span)?;
+        }
+        Ok(if matches!(a, Value::Nil) || matches!(b, Value::Nil) {
+            a.same(b)
+        } else {
+            equal(&self.heap, a, b)
+        })
+    }
+
     /// What calling a builtin through `apply` checks and counts, for an
     /// operation done in place of that call: the depth limit, the
     /// interrupt flag and the step budget.
@@ -2094,6 +2111,21 @@ impl Vm {
                 }
             }};
         }
+        // An arithmetic or comparison op past its fast path: the call of
+        // whatever its name holds, with the operands given.
+        macro_rules! prim_call {
+            ($op:expr, $a:expr, $b:expr) => {{
+                let form = self.forms.prims[$op as usize].0;
+                let span = proto.code.spans[pc - 1];
+                self.calls[f].pc = pc;
+                need_env!();
+                match self.prim_slow(form, span, env, $a, $b) {
+                    Ok(v) => self.stack.push(v),
+                    Err(e) => throw!(e),
+                }
+                continue;
+            }};
+        }
         // Makes the running call's scope if it has none yet.
         macro_rules! need_env {
             () => {{
@@ -2166,19 +2198,10 @@ impl Vm {
                             // Structural equality of any two values, as
                             // the builtins do it, and counted as their call.
                             _ if matches!(op, PrimOp::Eq | PrimOp::Ne) => {
-                                if self.fuel > 1 && self.depth < self.max_depth {
-                                    self.fuel -= 1;
-                                } else if let Err(e) = self.count_builtin_call(code.spans[pc - 1]) {
-                                    throw!(e)
+                                match self.equal_counted(a, b, code.spans[pc - 1]) {
+                                    Ok(same) => Some(Value::bool(same == (op == PrimOp::Eq))),
+                                    Err(e) => throw!(e),
                                 }
-                                // `(== l nil)`, the end of a list walk,
-                                // needs no walk.
-                                let same = if matches!(a, Value::Nil) || matches!(b, Value::Nil) {
-                                    a.same(b)
-                                } else {
-                                    equal(&self.heap, a, b)
-                                };
-                                Some(Value::bool(same == (op == PrimOp::Eq)))
                             }
                             _ => None,
                         };
@@ -2209,15 +2232,7 @@ impl Vm {
                             }
                         }
                     }
-                    let form = self.forms.prims[op as usize].0;
-                    let span = code.spans[pc - 1];
-                    self.calls[f].pc = pc;
-                    need_env!();
-                    match self.prim_slow(form, span, env, a, Value::Num(k as i64)) {
-                        Ok(v) => self.stack.push(v),
-                        Err(e) => throw!(e),
-                    }
-                    continue;
+                    prim_call!(op, a, Value::Num(k as i64));
                 }
                 Op::TestLocalNum(op, slot, k, target) => {
                     let a = self.stack[fp + slot as usize];
@@ -2230,15 +2245,7 @@ impl Vm {
                             }
                         }
                     }
-                    let form = self.forms.prims[op as usize].0;
-                    let span = code.spans[pc - 1];
-                    self.calls[f].pc = pc;
-                    need_env!();
-                    match self.prim_slow(form, span, env, a, Value::Num(k as i64)) {
-                        Ok(v) => self.stack.push(v),
-                        Err(e) => throw!(e),
-                    }
-                    continue;
+                    prim_call!(op, a, Value::Num(k as i64));
                 }
                 Op::PrimLocals(op, x, y) => {
                     let (a, b) = (self.stack[fp + x as usize], self.stack[fp + y as usize]);
@@ -2249,36 +2256,27 @@ impl Vm {
                                 continue;
                             }
                         } else if matches!(op, PrimOp::Eq | PrimOp::Ne) {
-                            // As `Prim` does for any two values.
-                            if let Err(e) = self.count_builtin_call(code.spans[pc - 1]) {
-                                throw!(e)
+                            match self.equal_counted(a, b, code.spans[pc - 1]) {
+                                Ok(same) => {
+                                    self.stack.push(Value::bool(same == (op == PrimOp::Eq)))
+                                }
+                                Err(e) => throw!(e),
                             }
-                            let same = equal(&self.heap, a, b);
-                            self.stack.push(Value::bool(same == (op == PrimOp::Eq)));
                             continue;
                         }
                     }
-                    let form = self.forms.prims[op as usize].0;
-                    let span = code.spans[pc - 1];
-                    self.calls[f].pc = pc;
-                    need_env!();
-                    match self.prim_slow(form, span, env, a, b) {
-                        Ok(v) => self.stack.push(v),
-                        Err(e) => throw!(e),
-                    }
-                    continue;
+                    prim_call!(op, a, b);
                 }
                 Op::TestLocals(op, x, y, target) => {
                     let (a, b) = (self.stack[fp + x as usize], self.stack[fp + y as usize]);
                     if self.prim_intact[op as usize] {
                         let holds = match (a, b) {
                             (Value::Num(x), Value::Num(y)) => compare_numbers(op, x, y),
-                            // As `Prim` does for any two values.
                             _ if matches!(op, PrimOp::Eq | PrimOp::Ne) => {
-                                if let Err(e) = self.count_builtin_call(code.spans[pc - 1]) {
-                                    throw!(e)
+                                match self.equal_counted(a, b, code.spans[pc - 1]) {
+                                    Ok(same) => Some(same == (op == PrimOp::Eq)),
+                                    Err(e) => throw!(e),
                                 }
-                                Some(equal(&self.heap, a, b) == (op == PrimOp::Eq))
                             }
                             _ => None,
                         };
@@ -2288,15 +2286,7 @@ impl Vm {
                             continue;
                         }
                     }
-                    let form = self.forms.prims[op as usize].0;
-                    let span = code.spans[pc - 1];
-                    self.calls[f].pc = pc;
-                    need_env!();
-                    match self.prim_slow(form, span, env, a, b) {
-                        Ok(v) => self.stack.push(v),
-                        Err(e) => throw!(e),
-                    }
-                    continue;
+                    prim_call!(op, a, b);
                 }
                 Op::JumpIfFalse(target, cond) => {
                     match self.stack.pop() {
