@@ -148,6 +148,9 @@ impl Interpreter {
     }
 
     pub fn run_file(&mut self, path: &str) -> Result<Value, String> {
+        // No call site: an unreadable file is not an error in the code
+        // that ran last (the prelude).
+        self.vm.span = error::Span::NONE;
         match self.vm.load_file(path) {
             Ok(v) => Ok(v),
             Err(e) => {

@@ -77,6 +77,8 @@ fn a_missing_script_is_an_error() {
     let (status, _, stderr) = valk(&dir, &["nope.valk", "arg"]);
     assert_eq!(status, 1);
     assert!(stderr.contains("cannot read `nope.valk`"), "{}", stderr);
+    // No call site to show: not a position in the prelude that ran before.
+    assert!(!stderr.contains("\n  at "), "{}", stderr);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
