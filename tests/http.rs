@@ -180,11 +180,13 @@ fn handlers_run_on_several_isolates_and_output_appears_once() {
          (print (filter (\\ {{i}} {{exists i ids}}) {{\"0\" \"1\" \"2\"}}))",
         port
     );
-    // Workers start once the main isolate is serving; give them a moment.
+    // Each connection is served by one isolate, the least busy when it
+    // was accepted: one client after another, the workers get their turn.
+    // They start once the main isolate is serving; give them a moment.
     let mut seen = String::new();
     for _ in 0..20 {
         let out = valk(&["-e", &expr], &[], Duration::from_secs(30));
-        seen = out.stdout.lines().next().unwrap_or_default().to_string();
+        seen.push_str(out.stdout.lines().next().unwrap_or_default());
         if seen.contains("\"1\"") && seen.contains("\"2\"") {
             break;
         }

@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc::Receiver;
 use valkyria::http::server::{self, Server};
+use valkyria::http::Exchange;
 use valkyria::value::Value;
 use valkyria::vm::Mode;
 use valkyria::Interpreter;
@@ -59,6 +61,7 @@ struct Harness {
     interp: Interpreter,
     handler: Value,
     server: Arc<Server>,
+    queue: RefCell<Receiver<Exchange>>,
 }
 
 impl Harness {
@@ -71,10 +74,12 @@ impl Harness {
         let handler = interp
             .eval_str("fuzz/handle", "<fuzz handler>")
             .expect("fuzz/handle");
+        let (server, queue) = server::detached(true);
         Harness {
             interp,
             handler,
-            server: server::detached(true),
+            server,
+            queue: RefCell::new(queue.expect("a Lisp server")),
         }
     }
 }
@@ -108,9 +113,7 @@ pub fn serve(data: &[u8]) -> Outcome {
         // Tasks left behind (body readers) end with the runtime; requests
         // left in the queue have nobody to answer to.
         drop(runtime);
-        if let Some(queue) = harness.server.handler_queue() {
-            while queue.try_recv().is_ok() {}
-        }
+        while harness.queue.borrow_mut().try_recv().is_ok() {}
         outcome.unwrap_or_else(|_| {
             panic!(
                 "the server did not finish the connection within {:?}",
@@ -125,13 +128,13 @@ async fn connection(harness: &mut Harness, data: &[u8]) -> Outcome {
         interp,
         handler,
         server,
+        queue,
     } = harness;
-    let (server, handler) = (&*server, *handler);
+    let (server, handler, queue) = (&*server, *handler, &*queue);
     let (client, server_side) = tokio::io::duplex(64 << 10);
     let (mut from_server, mut to_server) = tokio::io::split(client);
     let mut input = CLIENT_PREFACE.to_vec();
     input.extend_from_slice(data);
-    let queue = server.handler_queue().expect("a Lisp server");
     // Anything that happened: a byte from the server, a request handled.
     let progress = Cell::new(0u64);
     let server_done = Cell::new(false);
@@ -150,7 +153,7 @@ async fn connection(harness: &mut Harness, data: &[u8]) -> Outcome {
         while quiet < QUIET_ROUNDS && !server_done.get() {
             let before = progress.get();
             tokio::task::yield_now().await;
-            if progress.get() == before && queue.is_empty() {
+            if progress.get() == before && queue.borrow().is_empty() {
                 quiet += 1;
             } else {
                 quiet = 0;
@@ -176,7 +179,10 @@ async fn connection(harness: &mut Harness, data: &[u8]) -> Outcome {
     let handle = async {
         let vm = &mut interp.vm;
         loop {
-            while let Ok(exchange) = queue.try_recv() {
+            loop {
+                let Ok(exchange) = queue.borrow_mut().try_recv() else {
+                    break;
+                };
                 valkyria::builtins::http::serve_exchange(vm, handler, exchange);
                 handled.set(handled.get() + 1);
                 progress.set(progress.get() + 1);

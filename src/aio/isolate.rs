@@ -5,18 +5,28 @@
 //! while it waits. `await` and the serving loop are both built on
 //! `wait_until`.
 //!
+//! Each isolate has a current-thread tokio runtime of its own. The
+//! connections of the servers it serves run on it, so they make progress
+//! exactly while the isolate waits: `wait_until` drives the runtime until
+//! a request is ready, runs the handler outside it, and the answer goes
+//! back to the connection on the same thread — no request crosses threads
+//! and no thread is woken to hand one over (the model of OpenResty's
+//! workers, and of thread-per-core servers).
+//!
 //! An isolate belongs to one VM; it is found through the VM's interrupt
 //! flag (unique and stable per VM) in a thread-local table, so several
 //! interpreters on one thread never share handlers.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
+use std::future::{poll_fn, Future};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::task::{Wake, Waker};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select, Sender};
+use tokio::runtime::Runtime;
+use tokio::sync::mpsc::Receiver;
 
 use crate::http::server::Server;
 use crate::http::Exchange;
@@ -24,36 +34,23 @@ use crate::value::Value;
 use crate::vm::Vm;
 
 /// How often a blocked isolate looks at its interrupt flag (Ctrl-C in the
-/// REPL sets it without waking anyone).
+/// REPL sets it without waking anyone) and at conditions that have no
+/// waker.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How deeply handlers may nest: a handler that awaits keeps serving other
 /// requests while it waits, up to this depth.
 const MAX_NESTING: usize = 8;
 
-/// How long an idle isolate keeps looking for requests before it sleeps.
-const SPIN: Duration = Duration::from_micros(50);
-
-/// Queued requests served in a row before the wait condition is checked.
+/// Queued requests served in a row before the wait condition is checked
+/// and the connections are driven again.
 const BATCH: usize = 64;
 
 /// A server whose requests this isolate serves with its own handler.
 struct Source {
     server: Arc<Server>,
-    jobs: Receiver<Exchange>,
+    jobs: RefCell<Receiver<Exchange>>,
     handler: Value,
-}
-
-/// Wakes a blocked isolate: one pending signal is enough.
-struct WakeSignal(Sender<()>);
-
-impl Wake for WakeSignal {
-    fn wake(self: Arc<Self>) {
-        let _ = self.0.try_send(());
-    }
-    fn wake_by_ref(self: &Arc<Self>) {
-        let _ = self.0.try_send(());
-    }
 }
 
 pub struct Isolate {
@@ -63,29 +60,32 @@ pub struct Isolate {
     /// of listening again.
     pub worker: bool,
     listens: Cell<usize>,
-    wake_rx: Receiver<()>,
-    waker: Waker,
-    sources: RefCell<Vec<Source>>,
+    /// Drives this isolate's connections and waits; made on first use.
+    runtime: OnceCell<Runtime>,
+    sources: RefCell<Vec<Rc<Source>>>,
     depth: Cell<usize>,
 }
 
 impl Isolate {
     fn new(index: usize, worker: bool) -> Isolate {
-        let (tx, rx) = crossbeam_channel::bounded(1);
         Isolate {
             index,
             worker,
             listens: Cell::new(0),
-            wake_rx: rx,
-            waker: Waker::from(Arc::new(WakeSignal(tx))),
+            runtime: OnceCell::new(),
             sources: RefCell::new(Vec::new()),
             depth: Cell::new(0),
         }
     }
 
-    /// Wakes this isolate when passed to a `Completion`.
-    pub fn waker(&self) -> &Waker {
-        &self.waker
+    /// The isolate's own runtime, on this thread.
+    pub fn runtime(&self) -> &Runtime {
+        self.runtime.get_or_init(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| panic!("cannot start an isolate's runtime: {}", e))
+        })
     }
 
     /// The ordinal of the next `http2/listen` made by this isolate.
@@ -95,8 +95,9 @@ impl Isolate {
         n
     }
 
-    /// Serves `server`'s handler requests with `handler`, which is pinned
-    /// (kept alive) until the server has drained.
+    /// Serves the requests of `server` that arrive on `jobs` with
+    /// `handler`, which is pinned (kept alive) until the server has
+    /// drained.
     pub fn add_handler(
         &self,
         vm: &mut Vm,
@@ -105,13 +106,11 @@ impl Isolate {
         handler: Value,
     ) {
         vm.pinned.push(handler);
-        self.sources.borrow_mut().push(Source {
+        self.sources.borrow_mut().push(Rc::new(Source {
             server,
-            jobs,
+            jobs: RefCell::new(jobs),
             handler,
-        });
-        // A waiting isolate must rebuild its wait set.
-        self.waker.wake_by_ref();
+        }));
     }
 
     /// Whether this isolate still serves a server that has not drained.
@@ -123,7 +122,7 @@ impl Isolate {
     fn prune(&self, vm: &mut Vm) {
         let mut sources = self.sources.borrow_mut();
         sources.retain(|s| {
-            if s.server.is_drained() && s.jobs.is_empty() {
+            if s.server.is_drained() && s.jobs.borrow().is_empty() {
                 if let Some(i) = vm.pinned.iter().rposition(|v| v.same(s.handler)) {
                     vm.pinned.remove(i);
                 }
@@ -186,6 +185,14 @@ pub enum Woke {
     Interrupted,
 }
 
+/// What one turn of the isolate's runtime found. (Made once per batch of
+/// requests and moved once: boxing the request would cost more.)
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Woke(Woke),
+    Job(Rc<Source>, Exchange),
+}
+
 /// Blocks until `done(waker)` is true, serving handler requests meanwhile.
 /// `done` registers the waker with whatever it waits for. Returns early on
 /// the deadline, on an interrupt, or (when `stop_on_exit`) when the VM was
@@ -198,101 +205,77 @@ pub fn wait_until(
 ) -> Woke {
     let iso = current(vm);
     loop {
-        if done(&iso.waker) {
-            return Woke::Done;
-        }
-        if stop_on_exit && vm.exit_code.is_some() {
-            return Woke::Exit;
-        }
-        if vm.interrupt.load(Ordering::Relaxed) {
-            return Woke::Interrupted;
-        }
-        let now = Instant::now();
-        let mut timeout = POLL_INTERVAL;
-        if let Some(d) = deadline {
-            if now >= d {
-                return Woke::TimedOut;
-            }
-            timeout = timeout.min(d - now);
-        }
         iso.prune(vm);
-        let serving: Vec<(Receiver<Exchange>, Value)> = if iso.depth.get() < MAX_NESTING {
-            iso.sources
-                .borrow()
-                .iter()
-                .map(|s| (s.jobs.clone(), s.handler))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        if serving.is_empty() {
-            let _ = iso.wake_rx.recv_timeout(timeout);
-            continue;
-        }
-        // Busy servers hand requests over faster than a sleeping thread
-        // wakes: look again for a short while before blocking.
-        if let Some((i, exchange)) = spin_for_job(&iso, &serving) {
-            let (jobs, handler) = &serving[i];
-            serve_batch(vm, &iso, jobs, *handler, exchange, stop_on_exit);
-            continue;
-        }
-        let mut select = Select::new();
-        select.recv(&iso.wake_rx);
-        for (jobs, _) in &serving {
-            select.recv(jobs);
-        }
-        let Ok(op) = select.select_timeout(timeout) else {
-            continue;
-        };
-        let i = op.index();
-        if i == 0 {
-            let _ = op.recv(&iso.wake_rx);
-            continue;
-        }
-        let (jobs, handler) = &serving[i - 1];
-        if let Ok(exchange) = op.recv(jobs) {
-            serve_batch(vm, &iso, jobs, *handler, exchange, stop_on_exit);
+        match next(vm, &iso, deadline, stop_on_exit, done) {
+            Next::Woke(woke) => return woke,
+            Next::Job(source, exchange) => serve_batch(vm, &iso, &source, exchange, stop_on_exit),
         }
     }
+}
+
+/// Drives the isolate's runtime (its connections, timers) until the wait
+/// is over or a handler request is ready. Lisp code never runs in here.
+fn next(
+    vm: &Vm,
+    iso: &Isolate,
+    deadline: Option<Instant>,
+    stop_on_exit: bool,
+    done: &mut dyn FnMut(&Waker) -> bool,
+) -> Next {
+    let serving: Vec<Rc<Source>> = if iso.depth.get() < MAX_NESTING {
+        iso.sources.borrow().clone()
+    } else {
+        Vec::new()
+    };
+    let deadline = deadline.map(tokio::time::Instant::from_std);
+    iso.runtime().block_on(async {
+        let mut timer = None;
+        poll_fn(|cx| {
+            if done(cx.waker()) {
+                return Poll::Ready(Next::Woke(Woke::Done));
+            }
+            if stop_on_exit && vm.exit_code.is_some() {
+                return Poll::Ready(Next::Woke(Woke::Exit));
+            }
+            if vm.interrupt.load(Ordering::Relaxed) {
+                return Poll::Ready(Next::Woke(Woke::Interrupted));
+            }
+            for source in &serving {
+                if let Poll::Ready(Some(exchange)) = source.jobs.borrow_mut().poll_recv(cx) {
+                    return Poll::Ready(Next::Job(source.clone(), exchange));
+                }
+            }
+            // Nothing yet: sleep until the deadline or the next look at
+            // the interrupt flag, whichever is first.
+            let now = tokio::time::Instant::now();
+            if deadline.is_some_and(|d| d <= now) {
+                return Poll::Ready(Next::Woke(Woke::TimedOut));
+            }
+            let wake_at = (now + POLL_INTERVAL).min(deadline.unwrap_or(now + POLL_INTERVAL));
+            let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(wake_at)));
+            if sleep.as_mut().poll(cx).is_ready() {
+                // Re-armed by the next poll.
+                timer = None;
+                cx.waker().wake_by_ref();
+            }
+            Poll::Pending
+        })
+        .await
+    })
 }
 
 /// Serves `first`, then a few requests already queued behind it before
 /// the wait condition is looked at again.
-fn serve_batch(
-    vm: &mut Vm,
-    iso: &Isolate,
-    jobs: &Receiver<Exchange>,
-    handler: Value,
-    first: Exchange,
-    stop_on_exit: bool,
-) {
-    serve(vm, iso, handler, first);
+fn serve_batch(vm: &mut Vm, iso: &Isolate, source: &Source, first: Exchange, stop_on_exit: bool) {
+    serve(vm, iso, source.handler, first);
     for _ in 1..BATCH {
         if stop_on_exit && vm.exit_code.is_some() {
             break;
         }
-        let Ok(next) = jobs.try_recv() else { break };
-        serve(vm, iso, handler, next);
-    }
-}
-
-/// Polls the queues (and the wake signal) for up to `SPIN` before the
-/// isolate blocks. Returns a request if one arrived.
-fn spin_for_job(
-    iso: &Isolate,
-    serving: &[(Receiver<Exchange>, Value)],
-) -> Option<(usize, Exchange)> {
-    let started = Instant::now();
-    loop {
-        for (i, (jobs, _)) in serving.iter().enumerate() {
-            if let Ok(exchange) = jobs.try_recv() {
-                return Some((i, exchange));
-            }
-        }
-        if !iso.wake_rx.is_empty() || started.elapsed() >= SPIN {
-            return None;
-        }
-        std::thread::yield_now();
+        let Ok(next) = source.jobs.borrow_mut().try_recv() else {
+            break;
+        };
+        serve(vm, iso, source.handler, next);
     }
 }
 

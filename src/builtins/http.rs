@@ -578,15 +578,18 @@ builtin!(LISTEN, "http2/listen", "(http2/listen aio host port keyfile certfile [
                 iso.index, ordinal
             )));
         };
-        if let (Some(h), Some(queue)) = (handler, srv.handler_queue()) {
-            iso.add_handler(vm, srv.clone(), queue, h);
+        if let Some(h) = handler {
+            if let Some(queue) = srv.attach(Some(iso.runtime().handle().clone())) {
+                iso.add_handler(vm, srv.clone(), queue, h);
+            }
         }
         let bound = srv.bound().clone();
         return ret(future_value(vm, bound));
     }
     let main = if iso.index == 0 { Some(ordinal) } else { None };
-    let srv = server::start(host, port, transport, handler.is_some(), main);
-    if let (Some(h), Some(queue)) = (handler, srv.handler_queue()) {
+    let runtime = handler.map(|_| iso.runtime().handle().clone());
+    let (srv, queue) = server::start(host, port, transport, runtime, main);
+    if let (Some(h), Some(queue)) = (handler, queue) {
         iso.add_handler(vm, srv.clone(), queue, h);
     }
     if vm.mode == Mode::Script {

@@ -1,6 +1,8 @@
 //! One connection of the HTTP/2 server, driven directly on the h2 crate by
 //! a single task: it reads requests, answers demo ones at once, queues the
-//! others for the isolates and writes their responses as they come back.
+//! others for its isolate and writes their responses as they come back. A
+//! connection with a Lisp handler runs on its isolate's thread, so the
+//! request and its response never cross threads.
 //! Everything answered in one pass leaves in one write — no task per
 //! stream, one wake per batch of responses. Here too live the per-connection
 //! limits: handshake and header-read timeout, idle timeout, body size and
@@ -23,7 +25,6 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use crossbeam_channel::{Sender, TrySendError};
 use h2::server::SendResponse;
 use h2::RecvStream;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, DATE};
@@ -31,23 +32,30 @@ use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::mpsc::{unbounded_channel, Sender, UnboundedSender};
 use tokio_rustls::TlsAcceptor;
 
 use super::server::{Server, DEMO_BODY, FORCED, STOPPING};
 use super::{date, Exchange, IncomingRequest, Limits, Replier, ResponseData};
 
-/// Serves one accepted connection until it closes.
-pub(super) async fn serve(server: &Arc<Server>, stream: TcpStream, acceptor: Option<TlsAcceptor>) {
+/// Serves one accepted connection until it closes. Its handler requests
+/// go to `jobs` (None: the demo handler answers them).
+pub(super) async fn serve(
+    server: &Arc<Server>,
+    jobs: Option<Sender<Exchange>>,
+    stream: TcpStream,
+    acceptor: Option<TlsAcceptor>,
+) {
     let started = Instant::now();
     let limits = Limits::get();
     let _ = stream.set_nodelay(true);
     match acceptor {
-        None => drive(server, stream, started, false).await,
+        None => drive(server, jobs, stream, started, false).await,
         Some(acceptor) => {
             let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
             if let Ok(Ok(tls)) = handshake.await {
-                drive(server, tls, started, true).await;
+                drive(server, jobs, tls, started, true).await;
             }
         }
     }
@@ -82,8 +90,9 @@ struct Held {
     body: RecvStream,
 }
 
-struct Streams<'a> {
-    server: &'a Server,
+struct Streams {
+    /// Where handler requests go; None when the demo handler answers.
+    jobs: Option<Sender<Exchange>>,
     /// Demo requests read in this pass, answered together.
     ready: Vec<(SendResponse<Bytes>, bool)>,
     limits: &'static Limits,
@@ -99,8 +108,13 @@ struct Streams<'a> {
     replies: UnboundedSender<(u64, ResponseData)>,
 }
 
-pub(super) async fn drive<I>(server: &Arc<Server>, io: I, started: Instant, tls: bool)
-where
+pub(super) async fn drive<I>(
+    server: &Arc<Server>,
+    jobs: Option<Sender<Exchange>>,
+    io: I,
+    started: Instant,
+    tls: bool,
+) where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let limits = Limits::get();
@@ -117,7 +131,7 @@ where
     };
     let (replies_tx, mut replies) = unbounded_channel();
     let mut streams = Streams {
-        server,
+        jobs,
         ready: Vec::new(),
         limits,
         tls,
@@ -231,10 +245,10 @@ where
     }
 }
 
-impl Streams<'_> {
+impl Streams {
     fn accept(&mut self, request: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
         let head = request.method() == Method::HEAD;
-        if self.server.jobs().is_none() {
+        if self.jobs.is_none() {
             self.ready.push((respond, head));
             return;
         }
@@ -312,8 +326,7 @@ impl Streams<'_> {
     /// Reads the request's body (in a task of its own) and hands it to
     /// the isolates; its deadline starts now.
     fn start(&mut self, Held { token, parts, body }: Held) {
-        let server = self.server;
-        let Some(jobs) = server.jobs() else { return };
+        let Some(jobs) = &self.jobs else { return };
         let Some(w) = self.waiting.get_mut(&token) else {
             return;
         };
@@ -400,13 +413,13 @@ where
     .await
 }
 
-/// Hands a request to the isolates; a full or closed queue is a 503.
+/// Hands a request to the isolate; a full or closed queue is a 503.
 fn dispatch(jobs: &Sender<Exchange>, parts: Parts, body: Bytes, tls: bool, reply: Replier) {
     let exchange = Exchange {
         request: IncomingRequest { parts, body, tls },
         reply,
     };
-    if let Err(TrySendError::Full(e) | TrySendError::Disconnected(e)) = jobs.try_send(exchange) {
+    if let Err(TrySendError::Full(e) | TrySendError::Closed(e)) = jobs.try_send(exchange) {
         e.reply.send(ResponseData::text(
             StatusCode::SERVICE_UNAVAILABLE,
             "Service Unavailable: too many queued requests\n",

@@ -24,7 +24,8 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// A Lisp handler's answer; past it the client gets 503.
     pub handler_timeout: Duration,
-    /// Handler requests waiting for an isolate, per server; past it 503.
+    /// Handler requests waiting for their isolate, per server and
+    /// isolate; past it 503.
     pub queue: usize,
     /// Lisp handler requests one connection has started (body being read,
     /// queued for an isolate or running) and not yet answered; more wait

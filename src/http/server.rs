@@ -1,8 +1,11 @@
 //! The HTTP/2 server: binds, accepts (h2c with prior knowledge, or TLS
 //! with ALPN h2) up to the connection limit and closes what is over it at
 //! once, hands each connection to connection.rs, and stops gracefully.
-//! Requests get the built-in demo response on tokio threads, or are queued
-//! as `Exchange`s for the interpreter isolates that hold the Lisp handler.
+//! A server without a handler answers with the built-in demo response on
+//! the shared runtime. A server with a Lisp handler hands each connection
+//! to one of the isolates that serve it: the connection then runs on that
+//! isolate's own thread (its current-thread runtime), and its requests go
+//! to that isolate's queue, so no request crosses threads.
 //!
 //! Every server of the process is in one registry, so the program can wait
 //! for all to drain and workers can find the main isolate's servers by the
@@ -14,11 +17,12 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::Waker;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
 use hyper::header::{HeaderName, HeaderValue};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc::{self, Receiver, Sender};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use super::{tls, Exchange, Limits};
@@ -35,11 +39,20 @@ pub(super) const FORCED: u8 = 2;
 /// Who answers requests.
 enum Handling {
     Demo,
-    /// Lisp handlers in one or more isolates, fed from this queue.
-    Isolates {
-        jobs: Sender<Exchange>,
-        queue: Receiver<Exchange>,
-    },
+    /// Lisp handlers in the isolates attached here; the count rotates
+    /// the choice among equally busy ones.
+    Isolates(Mutex<Vec<Arc<Port>>>, AtomicUsize),
+}
+
+/// One isolate's share of a server with a Lisp handler: the connections
+/// it drives and the queue of their requests.
+pub struct Port {
+    /// The isolate's runtime, which its connections run on (None for a
+    /// detached server, whose connections come from `serve_stream`).
+    runtime: Option<Handle>,
+    jobs: Sender<Exchange>,
+    /// Open connections on this isolate.
+    connections: AtomicUsize,
 }
 
 pub struct Server {
@@ -81,19 +94,47 @@ impl Server {
         &self.bound
     }
 
-    /// The queue that isolates serve this server's requests from, when
-    /// it has a Lisp handler.
-    pub fn handler_queue(&self) -> Option<Receiver<Exchange>> {
-        match &self.handling {
-            Handling::Isolates { queue, .. } => Some(queue.clone()),
-            Handling::Demo => None,
-        }
+    /// Whether a Lisp handler answers (else the demo handler does).
+    pub fn has_handler(&self) -> bool {
+        matches!(self.handling, Handling::Isolates(..))
     }
 
-    /// Where Lisp handler requests go (None: the demo handler answers).
-    pub(super) fn jobs(&self) -> Option<&Sender<Exchange>> {
+    /// Makes an isolate serve this server's Lisp handler: new connections
+    /// may be handed to `runtime` (the isolate's), and their requests
+    /// arrive on the returned queue. None for a demo server.
+    pub fn attach(&self, runtime: Option<Handle>) -> Option<Receiver<Exchange>> {
+        let Handling::Isolates(ports, _) = &self.handling else {
+            return None;
+        };
+        let (jobs, queue) = mpsc::channel(Limits::get().queue);
+        lock(ports).push(Arc::new(Port {
+            runtime,
+            jobs,
+            connections: AtomicUsize::new(0),
+        }));
+        Some(queue)
+    }
+
+    /// The attached isolate with the fewest open connections; among
+    /// equals, each in turn.
+    fn least_busy(&self) -> Option<Arc<Port>> {
+        let Handling::Isolates(ports, turn) = &self.handling else {
+            return None;
+        };
+        let ports = lock(ports);
+        let n = ports.len();
+        let first = turn.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &ports[(first + i) % n])
+            .filter(|p| p.runtime.is_some() && !p.jobs.is_closed())
+            .min_by_key(|p| p.connections.load(Ordering::Relaxed))
+            .cloned()
+    }
+
+    /// The first attached queue (a detached server's).
+    fn first_port(&self) -> Option<Arc<Port>> {
         match &self.handling {
-            Handling::Isolates { jobs, .. } => Some(jobs),
+            Handling::Isolates(ports, _) => lock(ports).first().cloned(),
             Handling::Demo => None,
         }
     }
@@ -129,9 +170,13 @@ impl Server {
 
 // ---- the registry ---------------------------------------------------------
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn registry() -> MutexGuard<'static, Vec<Arc<Server>>> {
     static SERVERS: Mutex<Vec<Arc<Server>>> = Mutex::new(Vec::new());
-    SERVERS.lock().unwrap_or_else(|p| p.into_inner())
+    lock(&SERVERS)
 }
 
 /// Whether some server has not yet drained (including one still binding).
@@ -143,7 +188,7 @@ pub fn any_running() -> bool {
 pub fn any_isolate_server() -> bool {
     registry()
         .iter()
-        .any(|s| !s.is_drained() && matches!(s.handling, Handling::Isolates { .. }))
+        .any(|s| !s.is_drained() && s.has_handler())
 }
 
 /// True when every server has drained; otherwise `waker` is woken when one
@@ -178,17 +223,21 @@ pub enum Transport {
     Tls { key: String, cert: String },
 }
 
-/// Starts a server; it binds on the runtime. `lisp_handler` makes it queue
-/// requests for isolates instead of answering with the demo response.
+/// Starts a server; it binds on the runtime. With `isolate` (the runtime
+/// of the isolate that holds the Lisp handler) the server hands its
+/// connections to the isolates attached to it instead of answering with
+/// the demo response; that isolate is attached before the server listens,
+/// and its requests arrive on the returned queue.
 pub fn start(
     host: String,
     port: u16,
     transport: Transport,
-    lisp_handler: bool,
+    isolate: Option<Handle>,
     ordinal: Option<usize>,
-) -> Arc<Server> {
+) -> (Arc<Server>, Option<Receiver<Exchange>>) {
     let tls = matches!(transport, Transport::Tls { .. });
-    let server = new_server(ordinal, host.clone(), tls, lisp_handler);
+    let server = new_server(ordinal, host.clone(), tls, isolate.is_some());
+    let queue = isolate.and_then(|rt| server.attach(Some(rt)));
     registry().push(server.clone());
     let s = server.clone();
     aio::runtime().spawn(async move {
@@ -203,20 +252,22 @@ pub fn start(
             }
         }
     });
-    server
+    (server, queue)
 }
 
 /// A server that listens nowhere and is in no registry: its connections
-/// come from `serve_stream`. For fuzzing the request path and for tests.
+/// come from `serve_stream`, and with `lisp_handler` their requests arrive
+/// on the returned queue. For fuzzing the request path and for tests.
 #[doc(hidden)]
-pub fn detached(lisp_handler: bool) -> Arc<Server> {
-    new_server(None, String::new(), false, lisp_handler)
+pub fn detached(lisp_handler: bool) -> (Arc<Server>, Option<Receiver<Exchange>>) {
+    let server = new_server(None, String::new(), false, lisp_handler);
+    let queue = server.attach(None);
+    (server, queue)
 }
 
 fn new_server(ordinal: Option<usize>, host: String, tls: bool, lisp_handler: bool) -> Arc<Server> {
     let handling = if lisp_handler {
-        let (jobs, queue) = crossbeam_channel::bounded(Limits::get().queue);
-        Handling::Isolates { jobs, queue }
+        Handling::Isolates(Mutex::new(Vec::new()), AtomicUsize::new(0))
     } else {
         Handling::Demo
     };
@@ -240,7 +291,8 @@ pub async fn serve_stream<I>(server: &Arc<Server>, io: I)
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    super::connection::drive(server, io, std::time::Instant::now(), false).await;
+    let jobs = server.first_port().map(|p| p.jobs.clone());
+    super::connection::drive(server, jobs, io, std::time::Instant::now(), false).await;
 }
 
 async fn bind(
@@ -295,17 +347,65 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, acceptor: Optio
             refuse(stream, acceptor.is_some());
             continue;
         };
-        server.active.fetch_add(1, Ordering::AcqRel);
-        let s = server.clone();
         let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            super::connection::serve(&s, stream, acceptor).await;
-            drop(slot);
-            s.release();
+        if !server.has_handler() {
+            let open = Open::new(&server, slot, None);
+            tokio::spawn(async move {
+                super::connection::serve(&open.server, None, stream, acceptor).await;
+            });
+            continue;
+        }
+        // A Lisp handler's connection runs on an isolate's thread, and its
+        // socket moves to that isolate's reactor.
+        let Some(port) = server.least_busy() else {
+            refuse(stream, acceptor.is_some());
+            continue;
+        };
+        let (Some(runtime), Ok(stream)) = (port.runtime.clone(), stream.into_std()) else {
+            continue;
+        };
+        let open = Open::new(&server, slot, Some(port));
+        runtime.spawn(async move {
+            let Ok(stream) = TcpStream::from_std(stream) else {
+                return;
+            };
+            let jobs = open.port.as_ref().map(|p| p.jobs.clone());
+            super::connection::serve(&open.server, jobs, stream, acceptor).await;
         });
     }
     drop(listener);
     server.release();
+}
+
+/// An accepted connection, counted until it closes — or until its task is
+/// dropped unrun, when the isolate it was handed to has ended.
+struct Open {
+    server: Arc<Server>,
+    _slot: OwnedSemaphorePermit,
+    port: Option<Arc<Port>>,
+}
+
+impl Open {
+    fn new(server: &Arc<Server>, slot: OwnedSemaphorePermit, port: Option<Arc<Port>>) -> Open {
+        server.active.fetch_add(1, Ordering::AcqRel);
+        if let Some(p) = &port {
+            p.connections.fetch_add(1, Ordering::Relaxed);
+        }
+        Open {
+            server: server.clone(),
+            _slot: slot,
+            port,
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(port) = &self.port {
+            port.connections.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.server.release();
+    }
 }
 
 /// What a cleartext connection over the limit gets before it is closed:
