@@ -228,9 +228,15 @@ fn next(
         Vec::new()
     };
     let deadline = deadline.map(tokio::time::Instant::from_std);
-    iso.runtime().block_on(async {
+    // Connections answered while handlers ran are woken from inside the
+    // runtime, where a wake only queues their task.
+    let mut answered = crate::http::take_deferred_wakes();
+    let next = iso.runtime().block_on(async {
         let mut timer = None;
         poll_fn(|cx| {
+            for waker in answered.drain(..) {
+                waker.wake();
+            }
             if done(cx.waker()) {
                 return Poll::Ready(Next::Woke(Woke::Done));
             }
@@ -261,7 +267,11 @@ fn next(
             Poll::Pending
         })
         .await
-    })
+    });
+    if matches!(next, Next::Job(..)) {
+        crate::http::defer_wakes();
+    }
+    next
 }
 
 /// Serves `first`, then a few requests already queued behind it before

@@ -38,7 +38,7 @@ pub fn enabled() -> bool {
 }
 
 /// The number of tokio threads: `VALK_AIO_THREADS`, else one per core.
-fn thread_count() -> usize {
+pub fn thread_count() -> usize {
     std::env::var("VALK_AIO_THREADS")
         .ok()
         .and_then(|s| s.trim().parse::<usize>().ok())

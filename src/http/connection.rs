@@ -33,11 +33,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::mpsc::{unbounded_channel, Sender, UnboundedSender};
+use tokio::sync::mpsc::Sender;
 use tokio_rustls::TlsAcceptor;
 
 use super::server::{Server, DEMO_BODY, FORCED, STOPPING};
-use super::{date, Exchange, IncomingRequest, Limits, Replier, ResponseData};
+use super::{date, Exchange, IncomingRequest, Limits, Replier, Replies, ResponseData};
 
 /// Serves one accepted connection until it closes. Its handler requests
 /// go to `jobs` (None: the demo handler answers them).
@@ -105,7 +105,7 @@ struct Streams {
     /// Response bytes h2 holds for this connection.
     meter: Arc<Mutex<Meter>>,
     next_token: u64,
-    replies: UnboundedSender<(u64, ResponseData)>,
+    replies: Arc<Replies>,
 }
 
 pub(super) async fn drive<I>(
@@ -129,7 +129,15 @@ pub(super) async fn drive<I>(
         Ok(Ok(conn)) => conn,
         _ => return,
     };
-    let (replies_tx, mut replies) = unbounded_channel();
+    let replies = Arc::new(Replies::default());
+    // Answers that come later have nobody to go to.
+    struct Closing(Arc<Replies>);
+    impl Drop for Closing {
+        fn drop(&mut self) {
+            self.0.close();
+        }
+    }
+    let _closing = Closing(replies.clone());
     let mut streams = Streams {
         jobs,
         ready: Vec::new(),
@@ -140,7 +148,7 @@ pub(super) async fn drive<I>(
         in_flight: 0,
         meter,
         next_token: 0,
-        replies: replies_tx,
+        replies: replies.clone(),
     };
     let mut state = server.state.subscribe();
     let tick = (limits.header_timeout.min(limits.idle_timeout) / 4)
@@ -159,9 +167,8 @@ pub(super) async fn drive<I>(
         streams.start_held();
         tokio::select! {
             biased;
-            Some((token, response)) = replies.recv() => {
-                streams.answer(token, response);
-                while let Ok((token, response)) = replies.try_recv() {
+            answers = std::future::poll_fn(|cx| replies.poll_take(cx)) => {
+                for (token, response) in answers {
                     streams.answer(token, response);
                 }
                 last_activity = Instant::now();

@@ -4,11 +4,14 @@
 //! responses, `Exchange`s — and never sees a Lisp value; builtins/http.rs
 //! is the binding between the two.
 
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
 use bytes::Bytes;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::http::request::Parts;
 use hyper::{HeaderMap, Method, StatusCode};
-use tokio::sync::mpsc::UnboundedSender;
 
 pub mod client;
 mod connection;
@@ -111,16 +114,105 @@ pub struct Exchange {
     pub reply: Replier,
 }
 
+/// Answers on their way back to one connection: isolates (or body
+/// readers) add them, the connection's task takes them all at once.
+#[derive(Default)]
+pub struct Replies(Mutex<Pending>);
+
+#[derive(Default)]
+struct Pending {
+    answers: Vec<(u64, ResponseData)>,
+    /// The connection's task, while it waits for answers.
+    waker: Option<Waker>,
+    /// The connection is gone: answers are dropped.
+    closed: bool,
+}
+
+impl Replies {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes every answer that has arrived, or registers the task to be
+    /// woken by the next one.
+    pub fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Vec<(u64, ResponseData)>> {
+        let mut pending = self.lock();
+        if pending.answers.is_empty() {
+            pending.waker = Some(cx.waker().clone());
+            Poll::Pending
+        } else {
+            Poll::Ready(std::mem::take(&mut pending.answers))
+        }
+    }
+
+    /// The connection has ended: later answers go nowhere.
+    pub fn close(&self) {
+        let mut pending = self.lock();
+        pending.closed = true;
+        pending.answers.clear();
+        pending.waker = None;
+    }
+
+    fn add(&self, token: u64, response: ResponseData) {
+        let waker = {
+            let mut pending = self.lock();
+            if pending.closed {
+                return;
+            }
+            pending.answers.push((token, response));
+            pending.waker.take()
+        };
+        if let Some(waker) = waker {
+            wake_soon(waker);
+        }
+    }
+}
+
+thread_local! {
+    /// Wakes put off while an isolate runs handlers (see `defer_wakes`).
+    static DEFERRED: RefCell<Option<Vec<Waker>>> = const { RefCell::new(None) };
+}
+
+fn wake_soon(waker: Waker) {
+    let waker = DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+        Some(later) => {
+            later.push(waker);
+            None
+        }
+        None => Some(waker),
+    });
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
+/// From now until `take_deferred_wakes`, answers sent on this thread
+/// wake their connections later. An isolate runs handlers outside its
+/// runtime; waking a connection task there is a wake from "another
+/// thread" (a system call to unpark the runtime), where the same wake from
+/// inside the runtime only queues the task.
+pub fn defer_wakes() {
+    DEFERRED.with(|d| {
+        d.borrow_mut().get_or_insert_with(Vec::new);
+    });
+}
+
+/// Ends deferring (see `defer_wakes`) and returns the wakes put off, for
+/// the caller to make from inside the runtime.
+pub fn take_deferred_wakes() -> Vec<Waker> {
+    DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default()
+}
+
 /// Sends one response back to the connection that is waiting for it. If
 /// it is dropped unused, the client gets a 500.
 pub struct Replier {
     token: u64,
-    to: UnboundedSender<(u64, ResponseData)>,
+    to: Arc<Replies>,
     sent: bool,
 }
 
 impl Replier {
-    pub fn new(token: u64, to: UnboundedSender<(u64, ResponseData)>) -> Replier {
+    pub fn new(token: u64, to: Arc<Replies>) -> Replier {
         Replier {
             token,
             to,
@@ -130,22 +222,22 @@ impl Replier {
 
     pub fn send(mut self, response: ResponseData) {
         self.sent = true;
-        let _ = self.to.send((self.token, response));
+        self.to.add(self.token, response);
     }
 
     /// Whether the connection is gone (nobody would read the response).
     pub fn is_closed(&self) -> bool {
-        self.to.is_closed()
+        self.to.lock().closed
     }
 }
 
 impl Drop for Replier {
     fn drop(&mut self) {
         if !self.sent {
-            let _ = self.to.send((
+            self.to.add(
                 self.token,
                 ResponseData::text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n"),
-            ));
+            );
         }
     }
 }

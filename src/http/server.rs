@@ -44,15 +44,64 @@ enum Handling {
     Isolates(Mutex<Vec<Arc<Port>>>, AtomicUsize),
 }
 
-/// One isolate's share of a server with a Lisp handler: the connections
-/// it drives and the queue of their requests.
+/// A thread that connections are handed to, and that runs them from then
+/// on: an isolate serving a server with a Lisp handler (its connections'
+/// requests go to the isolate's queue), or a lane of the demo handler.
 pub struct Port {
-    /// The isolate's runtime, which its connections run on (None for a
-    /// detached server, whose connections come from `serve_stream`).
+    /// The thread's current-thread runtime (None for a detached server,
+    /// whose connections come from `serve_stream`).
     runtime: Option<Handle>,
-    jobs: Sender<Exchange>,
-    /// Open connections on this isolate.
+    /// Where handler requests go; None when the demo handler answers.
+    jobs: Option<Sender<Exchange>>,
+    /// Open connections on this thread.
     connections: AtomicUsize,
+}
+
+impl Port {
+    fn open(&self) -> bool {
+        self.runtime.is_some() && self.jobs.as_ref().is_none_or(|j| !j.is_closed())
+    }
+}
+
+/// Of `ports`, the one with the fewest open connections; among equals,
+/// each in turn (`turn` counts the choices).
+fn least_busy(ports: &[Arc<Port>], turn: &AtomicUsize) -> Option<Arc<Port>> {
+    let n = ports.len();
+    let first = turn.fetch_add(1, Ordering::Relaxed);
+    (0..n)
+        .map(|i| &ports[(first + i) % n])
+        .filter(|p| p.open())
+        .min_by_key(|p| p.connections.load(Ordering::Relaxed))
+        .cloned()
+}
+
+/// The demo handler's lanes: `aio::thread_count()` threads, each driving a
+/// current-thread runtime of its own, started on first use. A connection
+/// stays on its lane, so its wake-ups never cross threads.
+fn demo_lane() -> Option<Arc<Port>> {
+    static LANES: OnceLock<Vec<Arc<Port>>> = OnceLock::new();
+    static TURN: AtomicUsize = AtomicUsize::new(0);
+    let lanes = LANES.get_or_init(|| {
+        (0..aio::thread_count())
+            .filter_map(|i| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                let handle = runtime.handle().clone();
+                std::thread::Builder::new()
+                    .name(format!("valk-lane-{}", i))
+                    .spawn(move || runtime.block_on(std::future::pending::<()>()))
+                    .ok()?;
+                Some(Arc::new(Port {
+                    runtime: Some(handle),
+                    jobs: None,
+                    connections: AtomicUsize::new(0),
+                }))
+            })
+            .collect()
+    });
+    least_busy(lanes, &TURN)
 }
 
 pub struct Server {
@@ -109,26 +158,19 @@ impl Server {
         let (jobs, queue) = mpsc::channel(Limits::get().queue);
         lock(ports).push(Arc::new(Port {
             runtime,
-            jobs,
+            jobs: Some(jobs),
             connections: AtomicUsize::new(0),
         }));
         Some(queue)
     }
 
-    /// The attached isolate with the fewest open connections; among
-    /// equals, each in turn.
-    fn least_busy(&self) -> Option<Arc<Port>> {
-        let Handling::Isolates(ports, turn) = &self.handling else {
-            return None;
-        };
-        let ports = lock(ports);
-        let n = ports.len();
-        let first = turn.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|i| &ports[(first + i) % n])
-            .filter(|p| p.runtime.is_some() && !p.jobs.is_closed())
-            .min_by_key(|p| p.connections.load(Ordering::Relaxed))
-            .cloned()
+    /// Where the next connection goes: the attached isolate with the
+    /// fewest open connections, or a demo lane.
+    fn next_port(&self) -> Option<Arc<Port>> {
+        match &self.handling {
+            Handling::Isolates(ports, turn) => least_busy(&lock(ports), turn),
+            Handling::Demo => demo_lane(),
+        }
     }
 
     /// The first attached queue (a detached server's).
@@ -291,7 +333,7 @@ pub async fn serve_stream<I>(server: &Arc<Server>, io: I)
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let jobs = server.first_port().map(|p| p.jobs.clone());
+    let jobs = server.first_port().and_then(|p| p.jobs.clone());
     super::connection::drive(server, jobs, io, std::time::Instant::now(), false).await;
 }
 
@@ -347,29 +389,23 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, acceptor: Optio
             refuse(stream, acceptor.is_some());
             continue;
         };
-        let acceptor = acceptor.clone();
-        if !server.has_handler() {
-            let open = Open::new(&server, slot, None);
-            tokio::spawn(async move {
-                super::connection::serve(&open.server, None, stream, acceptor).await;
-            });
-            continue;
-        }
-        // A Lisp handler's connection runs on an isolate's thread, and its
-        // socket moves to that isolate's reactor.
-        let Some(port) = server.least_busy() else {
+        // The connection runs on the thread it is handed to (an isolate
+        // of its Lisp handler, or a demo lane), and its socket moves to
+        // that thread's reactor.
+        let Some(port) = server.next_port() else {
             refuse(stream, acceptor.is_some());
             continue;
         };
         let (Some(runtime), Ok(stream)) = (port.runtime.clone(), stream.into_std()) else {
             continue;
         };
-        let open = Open::new(&server, slot, Some(port));
+        let open = Open::new(&server, slot, port);
+        let acceptor = acceptor.clone();
         runtime.spawn(async move {
             let Ok(stream) = TcpStream::from_std(stream) else {
                 return;
             };
-            let jobs = open.port.as_ref().map(|p| p.jobs.clone());
+            let jobs = open.port.jobs.clone();
             super::connection::serve(&open.server, jobs, stream, acceptor).await;
         });
     }
@@ -382,15 +418,13 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, acceptor: Optio
 struct Open {
     server: Arc<Server>,
     _slot: OwnedSemaphorePermit,
-    port: Option<Arc<Port>>,
+    port: Arc<Port>,
 }
 
 impl Open {
-    fn new(server: &Arc<Server>, slot: OwnedSemaphorePermit, port: Option<Arc<Port>>) -> Open {
+    fn new(server: &Arc<Server>, slot: OwnedSemaphorePermit, port: Arc<Port>) -> Open {
         server.active.fetch_add(1, Ordering::AcqRel);
-        if let Some(p) = &port {
-            p.connections.fetch_add(1, Ordering::Relaxed);
-        }
+        port.connections.fetch_add(1, Ordering::Relaxed);
         Open {
             server: server.clone(),
             _slot: slot,
@@ -401,9 +435,7 @@ impl Open {
 
 impl Drop for Open {
     fn drop(&mut self) {
-        if let Some(port) = &self.port {
-            port.connections.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.port.connections.fetch_sub(1, Ordering::Relaxed);
         self.server.release();
     }
 }
