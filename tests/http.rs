@@ -206,3 +206,49 @@ fn handlers_run_on_several_isolates_and_output_appears_once() {
         out.describe()
     );
 }
+
+#[test]
+fn a_busy_isolate_does_not_hold_up_connections_on_another() {
+    let dir = temp_dir("busy-isolate");
+    let server = serve(&dir, None, &[("VALK_ISOLATES", "2")]);
+    let port = server.port("app");
+    // Two connections from one client land on different isolates once
+    // the worker serves (the least busy takes each new connection). One
+    // computes for seconds; the other must answer meanwhile.
+    let expr = format!(
+        "(def {{c1}} (await (http2/connect aio \"127.0.0.1\" {port} \"\" \"h2c\"))) \
+         (def {{c2}} (await (http2/connect aio \"127.0.0.1\" {port} \"\" \"h2c\"))) \
+         (fun {{get c path}} {{http2/send (http2/request \"GET\" \"http\" \"\" path) c}}) \
+         (def {{i1}} (http2/response-body (await (get c1 \"/isolate\")))) \
+         (def {{i2}} (http2/response-body (await (get c2 \"/isolate\")))) \
+         (if (== i1 i2) {{print \"same isolate\"}} {{do \
+           (def {{busy}} (get c1 \"/spin\")) \
+           (await (aio/sleep 100)) \
+           (print \"other:\" (http2/response-body (await (get c2 \"/\") 5000))) \
+           (print \"busy:\" (show busy)) \
+           (print \"busy:\" (http2/response-body (await busy 60000)))}})"
+    );
+    let mut out = valk(&["-e", &expr], &[], Duration::from_secs(90));
+    for _ in 0..20 {
+        if !out.stdout.contains("same isolate") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        out = valk(&["-e", &expr], &[], Duration::from_secs(90));
+    }
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+    // (`-e` prints the value of the last expression after these.)
+    let lines: Vec<&str> = out.stdout.lines().take(3).collect();
+    assert_eq!(
+        lines,
+        [
+            "other: hello from valk",
+            "busy: <future pending>",
+            "busy: spun"
+        ],
+        "{}",
+        out.describe()
+    );
+    let out = server.terminate();
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+}
