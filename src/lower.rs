@@ -105,6 +105,10 @@ pub struct Ops {
     pub values: Box<[Value]>,
     pub trees: Box<[Code]>,
     pub guards: Box<[Guard]>,
+    /// When the whole body is `(eval (head x))` of a formal `x` (the shape
+    /// of the prelude's `fst`): the slot of `x`. A call of such a function
+    /// can be answered at the call site (see `Vm::accessor_call`).
+    pub accessor: Option<u32>,
 }
 
 struct Lowerer<'a> {
@@ -127,7 +131,16 @@ pub fn lower(body: Code, forms: &SpecialForms) -> Ops {
         guards: Vec::new(),
     };
     l.expr(body, true);
+    let accessor = match l.ops[..] {
+        [Op::Name(e), Op::Name(h), Op::Local(slot), Op::EvalHead(6), Op::Call(1, _), Op::TailCall(1, _), Op::Return]
+            if e == forms.eval.0 && h == forms.head.0 =>
+        {
+            Some(slot)
+        }
+        _ => None,
+    };
     Ops {
+        accessor,
         ops: l.ops.into_boxed_slice(),
         spans: l.spans.into_boxed_slice(),
         values: l.values.into_boxed_slice(),

@@ -1647,6 +1647,12 @@ impl Vm {
                 // are, no scope yet.
                 let proto = lambda.proto.clone();
                 let lambda_env = lambda.env;
+                if let (Some(slot), None) = (proto.code.accessor, lambda_env) {
+                    if let Some(v) = self.accessor_value(base, slot) {
+                        self.stack.truncate(base);
+                        return Ok(Some(v));
+                    }
+                }
                 self.fuel -= 1;
                 return self.push_lazy_frame(proto, base, nargs, span, name, lambda_env, caller);
             }
@@ -1800,6 +1806,51 @@ impl Vm {
             [v] => !plain(v),
             _ => true,
         }
+    }
+
+    /// A call of the lambda `g` (at `stack[base]`, arguments above it)
+    /// whose whole body is `(eval (head x))` of a formal — the shape of
+    /// `fst` — answered without running it, when running it would take
+    /// `EvalHead`'s fast path: a function defined at top level (so `eval`
+    /// and `head` are looked up as globals), both names holding their
+    /// builtins, and `x` a Q-expression whose first element evaluates to
+    /// itself. Counted as the call and the two builtin calls it stands
+    /// for; None when any of that does not hold (the call runs as usual).
+    #[inline(always)]
+    fn accessor_call(&mut self, g: Gc, base: usize) -> Option<Value> {
+        let lambda = self.heap.lambda(g);
+        let slot = lambda.proto.code.accessor?;
+        let nargs = self.stack.len() - base - 1;
+        if lambda.env.is_some()
+            || !lambda.bound.is_empty()
+            || lambda.proto.rest.is_some()
+            || lambda.proto.formals.len() != nargs
+            || self.depth >= self.max_depth
+        {
+            return None;
+        }
+        self.accessor_value(base, slot)
+    }
+
+    /// `accessor_call` once the function is known to be an accessor of
+    /// formal `slot`, defined at top level, called with its formals.
+    #[inline(always)]
+    fn accessor_value(&mut self, base: usize, slot: u32) -> Option<Value> {
+        if self.fuel <= 3 {
+            return None;
+        }
+        let Value::Q(cell) = self.stack[base + 1 + slot as usize] else {
+            return None;
+        };
+        let first = self.heap.cons(cell).head;
+        if matches!(first, Value::Sym(_) | Value::S(_))
+            || !matches!(self.global(self.forms.eval.0), Some(Value::Builtin(b)) if b == self.forms.eval.1)
+            || !matches!(self.global(self.forms.head.0), Some(Value::Builtin(b)) if b == self.forms.head.1)
+        {
+            return None;
+        }
+        self.fuel -= 3;
+        Some(first)
     }
 
     /// Whether frame `f` is a call whose scope is not made yet.
@@ -2321,8 +2372,10 @@ impl Vm {
                             };
                             match self.enter_call(base, caller, span, name) {
                                 Ok(Some(v)) => {
-                                    // A partial application: making it
-                                    // may have made this call's scope.
+                                    // Answered without a frame (an
+                                    // accessor, a partial application:
+                                    // making it may have made this
+                                    // call's scope).
                                     self.stack.push(v);
                                     lazy = self.is_lazy(f);
                                     env = self.calls[f].env;
@@ -2380,14 +2433,23 @@ impl Vm {
                             }
                         }
                     }
-                    self.calls[f].pc = pc;
-                    match self.tail_dispatch(f, callee, env, span, name) {
-                        Ok(Next::Return(v)) => v,
-                        Ok(Next::Enter) => {
-                            reload!();
-                            continue;
+                    let accessed = match self.stack[callee] {
+                        Value::Lambda(g) => self.accessor_call(g, callee),
+                        _ => None,
+                    };
+                    if let Some(v) = accessed {
+                        // The running call returns what that call gives.
+                        v
+                    } else {
+                        self.calls[f].pc = pc;
+                        match self.tail_dispatch(f, callee, env, span, name) {
+                            Ok(Next::Return(v)) => v,
+                            Ok(Next::Enter) => {
+                                reload!();
+                                continue;
+                            }
+                            Err((e, skip)) => return Err(self.unwind(stop, e, skip)),
                         }
-                        Err((e, skip)) => return Err(self.unwind(stop, e, skip)),
                     }
                 }
                 Op::Return => self.stack.pop().unwrap_or(Value::Unit),

@@ -96,6 +96,10 @@ fn step_budget_counts_every_call_from_the_first() {
     exact(4, "(fun {f x} {eval {head x}}) (f {1})");
     exact(4, "(fun {f x} {list (len x) 1}) (f {1})");
     exact(3, "(fst {1 2})");
+    exact(3, "(+ 1 (fst {1 2}))");
+    exact(5, "(fun {first l} {fst l}) (first {1 2})");
+    exact(5, "(fun {first l} {+ 0 (fst l)}) (first {1 2})");
+    exact(3, "(def {y} 4) (fst {y 2})");
     exact(18, "(map (\\ {x} {x}) {1 2})");
 }
 
