@@ -105,10 +105,22 @@ pub struct Ops {
     pub values: Box<[Value]>,
     pub trees: Box<[Code]>,
     pub guards: Box<[Guard]>,
-    /// When the whole body is `(eval (head x))` of a formal `x` (the shape
-    /// of the prelude's `fst`): the slot of `x`. A call of such a function
-    /// can be answered at the call site (see `Vm::accessor_call`).
-    pub accessor: Option<u32>,
+    /// What a call of this code can skip (see `Vm::call_in_place`).
+    pub shape: Shape,
+}
+
+/// Bodies whose calls can be answered at the call site, without a frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Shape {
+    #[default]
+    General,
+    /// The whole body is `(eval (head x))` of the formal in this slot (the
+    /// shape of the prelude's `fst`).
+    Accessor(u32),
+    /// Straight-line arithmetic and comparisons of formals and constants,
+    /// such as `(* x 2)` or `(== 0 (- n (* 2 (/ n 2))))`: no names, calls
+    /// or jumps, so nothing but the operators can happen.
+    Leaf,
 }
 
 struct Lowerer<'a> {
@@ -131,16 +143,9 @@ pub fn lower(body: Code, forms: &SpecialForms) -> Ops {
         guards: Vec::new(),
     };
     l.expr(body, true);
-    let accessor = match l.ops[..] {
-        [Op::Name(e), Op::Name(h), Op::Local(slot), Op::EvalHead(6), Op::Call(1, _), Op::TailCall(1, _), Op::Return]
-            if e == forms.eval.0 && h == forms.head.0 =>
-        {
-            Some(slot)
-        }
-        _ => None,
-    };
+    let shape = shape(&l.ops, forms);
     Ops {
-        accessor,
+        shape,
         ops: l.ops.into_boxed_slice(),
         spans: l.spans.into_boxed_slice(),
         values: l.values.into_boxed_slice(),
@@ -148,6 +153,36 @@ pub fn lower(body: Code, forms: &SpecialForms) -> Ops {
         guards: l.guards.into_boxed_slice(),
     }
 }
+
+/// Which `Shape` a lowered body has.
+fn shape(ops: &[Op], forms: &SpecialForms) -> Shape {
+    match *ops {
+        [Op::Name(e), Op::Name(h), Op::Local(slot), Op::EvalHead(6), Op::Call(1, _), Op::TailCall(1, _), Op::Return]
+            if e == forms.eval.0 && h == forms.head.0 =>
+        {
+            return Shape::Accessor(slot);
+        }
+        _ => {}
+    }
+    let Some((last, body)) = ops.split_last() else {
+        return Shape::General;
+    };
+    let straight = body.iter().all(|op| {
+        matches!(
+            op,
+            Op::Const(_) | Op::Local(_) | Op::PrimLocalNum(..) | Op::PrimLocals(..) | Op::Prim(..)
+        )
+    });
+    if straight && matches!(last, Op::Return | Op::ReturnLocal(_)) && ops.len() <= LEAF_OPS {
+        Shape::Leaf
+    } else {
+        Shape::General
+    }
+}
+
+/// The longest body run as a `Shape::Leaf` (its operands fit the
+/// evaluator's small fixed stack).
+pub const LEAF_OPS: usize = 16;
 
 impl Lowerer<'_> {
     fn emit(&mut self, op: Op, span: Span) -> usize {

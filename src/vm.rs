@@ -18,7 +18,7 @@ use smallvec::SmallVec;
 use crate::compile::{Code, Compiler, Inline, PrimOp, Proto, SpecialForms};
 use crate::error::{ErrorData, Span};
 use crate::heap::{Env, Gc, Heap, Lambda, Object};
-use crate::lower::Op;
+use crate::lower::{Op, Ops, Shape};
 use crate::symbol::{Sym, Symbols};
 use crate::value::{equal, Printer, Value};
 
@@ -82,6 +82,30 @@ struct Frame {
     /// the lambda's scope, and who called.
     lambda_env: Env,
     caller: Caller,
+}
+
+/// Pushes a frame, with the growth of the frame stack out of line: the
+/// push of every Lisp call, which the code generator would otherwise
+/// sometimes leave as a call of `Vec::push`.
+#[inline(always)]
+fn push_frame(calls: &mut Vec<Frame>, frame: Frame) {
+    if calls.len() == calls.capacity() {
+        grow_frames(calls);
+    }
+    let len = calls.len();
+    // SAFETY: `len < capacity` (just ensured), so the slot at `len` is
+    // allocated and unused; it is written once, then counted by
+    // `set_len(len + 1)`, which makes it initialized and owned by the Vec.
+    unsafe {
+        calls.as_mut_ptr().add(len).write(frame);
+        calls.set_len(len + 1);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn grow_frames(calls: &mut Vec<Frame>) {
+    calls.reserve(calls.len().max(16));
 }
 
 /// What a call in tail position leads to.
@@ -1642,13 +1666,14 @@ impl Vm {
             if lambda.bound.is_empty()
                 && lambda.proto.rest.is_none()
                 && lambda.proto.formals.len() == nargs
+                && lambda.proto.code.shape != Shape::Leaf
             {
                 // The commonest call: a frame over the arguments as they
                 // are, no scope yet.
                 let proto = lambda.proto.clone();
                 let lambda_env = lambda.env;
-                if let (Some(slot), None) = (proto.code.accessor, lambda_env) {
-                    if let Some(v) = self.accessor_value(base, slot) {
+                if let (Shape::Accessor(_), None) = (proto.code.shape, lambda_env) {
+                    if let Some(v) = self.accessor_value(&proto, base) {
                         self.stack.truncate(base);
                         return Ok(Some(v));
                     }
@@ -1675,19 +1700,22 @@ impl Vm {
         caller: Caller,
     ) -> Result<Option<Value>, Gc> {
         self.depth += 1;
-        self.calls.push(Frame {
-            code,
-            pc: 0,
-            env: None,
-            base,
-            fp: base + 1,
-            top: base + 1 + nargs,
-            act: Some(Activation::default()),
-            span,
-            name,
-            lambda_env,
-            caller,
-        });
+        push_frame(
+            &mut self.calls,
+            Frame {
+                code,
+                pc: 0,
+                env: None,
+                base,
+                fp: base + 1,
+                top: base + 1 + nargs,
+                act: Some(Activation::default()),
+                span,
+                name,
+                lambda_env,
+                caller,
+            },
+        );
         self.safe_point()?;
         Ok(None)
     }
@@ -1730,6 +1758,12 @@ impl Vm {
                 self.insert_bound(g, base);
             }
             let nargs = nbound + nargs;
+            if proto.code.shape != Shape::General {
+                if let Some(v) = self.shaped_call(&proto, lambda_env, base) {
+                    self.stack.truncate(base);
+                    return Ok(Some(v));
+                }
+            }
             return self.push_lazy_frame(proto, base, nargs, span, name, lambda_env, caller);
         }
         let env = self.caller_env(caller);
@@ -1808,34 +1842,74 @@ impl Vm {
         }
     }
 
-    /// A call of the lambda `g` (at `stack[base]`, arguments above it)
-    /// whose whole body is `(eval (head x))` of a formal — the shape of
-    /// `fst` — answered without running it, when running it would take
-    /// `EvalHead`'s fast path: a function defined at top level (so `eval`
-    /// and `head` are looked up as globals), both names holding their
-    /// builtins, and `x` a Q-expression whose first element evaluates to
-    /// itself. Counted as the call and the two builtin calls it stands
-    /// for; None when any of that does not hold (the call runs as usual).
+    /// A call of the lambda `g` (at `stack[base]`, its arguments above it)
+    /// answered without running it in a frame, when its code has a
+    /// `Shape` that allows it (see `shaped_call`); None otherwise.
     #[inline(always)]
-    fn accessor_call(&mut self, g: Gc, base: usize) -> Option<Value> {
+    fn call_in_place(&mut self, g: Gc, base: usize) -> Option<Value> {
         let lambda = self.heap.lambda(g);
-        let slot = lambda.proto.code.accessor?;
+        if lambda.proto.code.shape == Shape::General {
+            return None;
+        }
         let nargs = self.stack.len() - base - 1;
-        if lambda.env.is_some()
-            || !lambda.bound.is_empty()
+        if !lambda.bound.is_empty()
             || lambda.proto.rest.is_some()
             || lambda.proto.formals.len() != nargs
             || self.depth >= self.max_depth
+            || self.fuel <= 1
         {
             return None;
         }
-        self.accessor_value(base, slot)
+        let (proto, env) = (lambda.proto.clone(), lambda.env);
+        // The call itself counts once, like any other.
+        self.fuel -= 1;
+        let v = self.shaped_call(&proto, env, base);
+        if v.is_none() {
+            self.fuel += 1;
+        }
+        v
     }
 
-    /// `accessor_call` once the function is known to be an accessor of
-    /// formal `slot`, defined at top level, called with its formals.
+    /// A call of `proto` (defined in `env`) with its formals on the stack
+    /// above `base`, within the depth limit and already counted, answered
+    /// without a frame when running it would give that value with nothing
+    /// else happening:
+    /// - `Shape::Accessor` — `(eval (head x))`, the shape of `fst` — when
+    ///   the function was defined at top level (so `eval` and `head` are
+    ///   looked up as globals), both names hold their builtins, and `x` is
+    ///   a Q-expression whose first element evaluates to itself. The two
+    ///   builtin calls it stands for are counted too.
+    /// - `Shape::Leaf` — straight-line arithmetic — when every operator
+    ///   still holds its builtin and works on Numbers without overflow
+    ///   (what its ops' fast paths do).
+    ///
+    /// None when any of that does not hold: the call then runs as usual
+    /// (nothing was changed or counted).
+    #[inline(never)]
+    fn shaped_call(&mut self, proto: &Proto, env: Env, base: usize) -> Option<Value> {
+        match proto.code.shape {
+            Shape::General => None,
+            Shape::Accessor(_) if env.is_some() => None,
+            Shape::Accessor(_) => {
+                // Counted again below, with the builtin calls.
+                self.fuel += 1;
+                let v = self.accessor_value(proto, base);
+                if v.is_none() {
+                    self.fuel -= 1;
+                }
+                v
+            }
+            Shape::Leaf => self.run_leaf(&proto.code, base),
+        }
+    }
+
+    /// The `Shape::Accessor` call of `proto` (defined at top level) with
+    /// its formals above `base`, not yet counted: see `shaped_call`.
     #[inline(always)]
-    fn accessor_value(&mut self, base: usize, slot: u32) -> Option<Value> {
+    fn accessor_value(&mut self, proto: &Proto, base: usize) -> Option<Value> {
+        let Shape::Accessor(slot) = proto.code.shape else {
+            return None;
+        };
         if self.fuel <= 3 {
             return None;
         }
@@ -1851,6 +1925,48 @@ impl Vm {
         }
         self.fuel -= 3;
         Some(first)
+    }
+
+    /// Runs a `Shape::Leaf` body on the formals above `base`, with the
+    /// operators' fast paths only; None at the first operation that would
+    /// need its slow path.
+    fn run_leaf(&self, code: &Ops, base: usize) -> Option<Value> {
+        let formals = &self.stack[base + 1..];
+        // Each op pushes at most one operand.
+        let mut operands = [Value::Unit; crate::lower::LEAF_OPS];
+        let mut n = 0;
+        for op in code.ops.iter() {
+            let (op, a, b) = match *op {
+                Op::Const(i) => {
+                    operands[n] = code.values[i as usize];
+                    n += 1;
+                    continue;
+                }
+                Op::Local(slot) => {
+                    operands[n] = formals[slot as usize];
+                    n += 1;
+                    continue;
+                }
+                Op::PrimLocalNum(op, slot, k) => (op, formals[slot as usize], Value::Num(k as i64)),
+                Op::PrimLocals(op, x, y) => (op, formals[x as usize], formals[y as usize]),
+                Op::Prim(op, _) => {
+                    n = n.checked_sub(2)?;
+                    (op, operands[n], operands[n + 1])
+                }
+                Op::ReturnLocal(slot) => return Some(formals[slot as usize]),
+                Op::Return => return n.checked_sub(1).map(|i| operands[i]),
+                _ => return None,
+            };
+            let (Value::Num(x), Value::Num(y)) = (a, b) else {
+                return None;
+            };
+            if !self.prim_intact[op as usize] {
+                return None;
+            }
+            operands[n] = prim_numbers(op, x, y)?;
+            n += 1;
+        }
+        None
     }
 
     /// Whether frame `f` is a call whose scope is not made yet.
@@ -2434,7 +2550,7 @@ impl Vm {
                         }
                     }
                     let accessed = match self.stack[callee] {
-                        Value::Lambda(g) => self.accessor_call(g, callee),
+                        Value::Lambda(g) => self.call_in_place(g, callee),
                         _ => None,
                     };
                     if let Some(v) = accessed {

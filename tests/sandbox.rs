@@ -100,6 +100,10 @@ fn step_budget_counts_every_call_from_the_first() {
     exact(5, "(fun {first l} {fst l}) (first {1 2})");
     exact(5, "(fun {first l} {+ 0 (fst l)}) (first {1 2})");
     exact(3, "(def {y} 4) (fst {y 2})");
+    exact(2, "(fun {dbl x} {* x 2}) (dbl 4)");
+    exact(4, "(fun {dbl x} {* x 2}) (fun {t x} {dbl x}) (t 4)");
+    exact(3, "(fun {add x y} {+ x y}) ((add 1) 2)");
+    exact(4, "(fun {dbl x} {* x 2}) (+ (dbl 1) (dbl 2)) (dbl 3)");
     exact(18, "(map (\\ {x} {x}) {1 2})");
 }
 
