@@ -1672,8 +1672,10 @@ impl Vm {
                 // are, no scope yet.
                 let proto = lambda.proto.clone();
                 let lambda_env = lambda.env;
-                if let (Shape::Accessor(_), None) = (proto.code.shape, lambda_env) {
+                if let (Shape::Accessor(_), None, 4..) = (proto.code.shape, lambda_env, self.fuel) {
                     if let Some(v) = self.accessor_value(&proto, base) {
+                        // The call and the two builtin calls it stands for.
+                        self.fuel -= 3;
                         self.stack.truncate(base);
                         return Ok(Some(v));
                     }
@@ -1889,30 +1891,24 @@ impl Vm {
     fn shaped_call(&mut self, proto: &Proto, env: Env, base: usize) -> Option<Value> {
         match proto.code.shape {
             Shape::General => None,
-            Shape::Accessor(_) if env.is_some() => None,
-            Shape::Accessor(_) => {
-                // Counted again below, with the builtin calls.
-                self.fuel += 1;
-                let v = self.accessor_value(proto, base);
-                if v.is_none() {
-                    self.fuel -= 1;
-                }
-                v
+            Shape::Accessor(_) if env.is_none() && self.fuel > 2 => {
+                let v = self.accessor_value(proto, base)?;
+                self.fuel -= 2;
+                Some(v)
             }
+            Shape::Accessor(_) => None,
             Shape::Leaf => self.run_leaf(&proto.code, base),
         }
     }
 
-    /// The `Shape::Accessor` call of `proto` (defined at top level) with
-    /// its formals above `base`, not yet counted: see `shaped_call`.
+    /// What the `Shape::Accessor` call of `proto` (defined at top level)
+    /// with its formals above `base` gives, when it can be answered in
+    /// place (see `shaped_call`); the caller counts it.
     #[inline(always)]
-    fn accessor_value(&mut self, proto: &Proto, base: usize) -> Option<Value> {
+    fn accessor_value(&self, proto: &Proto, base: usize) -> Option<Value> {
         let Shape::Accessor(slot) = proto.code.shape else {
             return None;
         };
-        if self.fuel <= 3 {
-            return None;
-        }
         let Value::Q(cell) = self.stack[base + 1 + slot as usize] else {
             return None;
         };
@@ -1923,7 +1919,6 @@ impl Vm {
         {
             return None;
         }
-        self.fuel -= 3;
         Some(first)
     }
 
