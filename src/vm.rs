@@ -2248,29 +2248,17 @@ impl Vm {
     /// frame returns; its value is the result. Lisp calls push frames here
     /// instead of recursing natively.
     fn run(&mut self, stop: usize) -> Result<Value, Gc> {
-        let mut f = self.calls.len() - 1;
-        let mut pc = self.calls[f].pc;
-        let mut env = self.calls[f].env;
-        let mut fp = self.calls[f].fp;
-        let mut lazy = self.is_lazy(f);
+        let mut f;
+        let mut pc;
+        let mut env;
+        let mut fp;
+        let mut lazy;
         // The running frame's code, held here so each op is one load away.
-        let mut proto = self.calls[f].code.clone();
+        let mut proto = self.calls[self.calls.len() - 1].code.clone();
         macro_rules! throw {
             ($e:expr) => {{
                 let e = $e;
                 return Err(self.unwind(stop, e, false));
-            }};
-        }
-        macro_rules! reload {
-            () => {{
-                f = self.calls.len() - 1;
-                pc = self.calls[f].pc;
-                env = self.calls[f].env;
-                fp = self.calls[f].fp;
-                lazy = self.is_lazy(f);
-                if !Rc::ptr_eq(&proto, &self.calls[f].code) {
-                    proto = self.calls[f].code.clone();
-                }
             }};
         }
         // An arithmetic or comparison op past its fast path: the call of
@@ -2297,383 +2285,391 @@ impl Vm {
                 }
             }};
         }
-        loop {
+        'frame: loop {
+            f = self.calls.len() - 1;
+            pc = self.calls[f].pc;
+            env = self.calls[f].env;
+            fp = self.calls[f].fp;
+            lazy = self.is_lazy(f);
+            if !Rc::ptr_eq(&proto, &self.calls[f].code) {
+                proto = self.calls[f].code.clone();
+            }
             let code = &proto.code;
-            let op = &code.ops[pc];
-            pc += 1;
-            let value = match *op {
-                Op::Const(i) => {
-                    let v = code.values[i as usize];
-                    self.stack.push(v);
-                    continue;
-                }
-                Op::Local(slot) => {
-                    let v = self.stack[fp + slot as usize];
-                    self.stack.push(v);
-                    continue;
-                }
-                Op::Name(sym) => {
-                    // A function defined at top level, with no scope yet:
-                    // a global, unless dynamic fallback must look further.
-                    if lazy && self.calls[f].lambda_env.is_none() {
-                        if let Some(Some(v)) = self.globals.get(sym.index()) {
-                            self.stack.push(*v);
-                            continue;
-                        }
+            let ops = &*code.ops;
+            loop {
+                let op = &ops[pc];
+                pc += 1;
+                let value = match *op {
+                    Op::Const(i) => {
+                        let v = code.values[i as usize];
+                        self.stack.push(v);
+                        continue;
                     }
-                    let span = code.spans[pc - 1];
-                    let found = if lazy {
-                        // A function defined at top level: its free names
-                        // are globals unless dynamic fallback finds them.
-                        match self.calls[f].lambda_env {
-                            None => match self.globals.get(sym.index()) {
-                                Some(Some(v)) => Ok(*v),
-                                _ => {
+                    Op::Local(slot) => {
+                        let v = self.stack[fp + slot as usize];
+                        self.stack.push(v);
+                        continue;
+                    }
+                    Op::Name(sym) => {
+                        // A function defined at top level, with no scope yet:
+                        // a global, unless dynamic fallback must look further.
+                        if lazy && self.calls[f].lambda_env.is_none() {
+                            if let Some(Some(v)) = self.globals.get(sym.index()) {
+                                self.stack.push(*v);
+                                continue;
+                            }
+                        }
+                        let span = code.spans[pc - 1];
+                        let found = if lazy {
+                            // A function defined at top level: its free names
+                            // are globals unless dynamic fallback finds them.
+                            match self.calls[f].lambda_env {
+                                None => match self.globals.get(sym.index()) {
+                                    Some(Some(v)) => Ok(*v),
+                                    _ => {
+                                        let found = self.lookup_lazy(f, sym, span);
+                                        lazy = self.is_lazy(f);
+                                        env = self.calls[f].env;
+                                        found
+                                    }
+                                },
+                                Some(_) => {
                                     let found = self.lookup_lazy(f, sym, span);
                                     lazy = self.is_lazy(f);
                                     env = self.calls[f].env;
                                     found
                                 }
-                            },
-                            Some(_) => {
-                                let found = self.lookup_lazy(f, sym, span);
-                                lazy = self.is_lazy(f);
-                                env = self.calls[f].env;
-                                found
                             }
-                        }
-                    } else {
-                        self.lookup(sym, env, span)
-                    };
-                    match found {
-                        Ok(v) => self.stack.push(v),
-                        Err(e) => throw!(e),
-                    }
-                    continue;
-                }
-                Op::Prim(op, form) => {
-                    let n = self.stack.len();
-                    let (a, b) = (self.stack[n - 2], self.stack[n - 1]);
-                    if self.prim_intact[op as usize] {
-                        let fast = match (a, b) {
-                            (Value::Num(x), Value::Num(y)) => prim_numbers(op, x, y),
-                            // Structural equality of any two values, as
-                            // the builtins do it, and counted as their call.
-                            _ if matches!(op, PrimOp::Eq | PrimOp::Ne) => {
-                                match self.equal_counted(a, b, code.spans[pc - 1]) {
-                                    Ok(same) => Some(Value::bool(same == (op == PrimOp::Eq))),
-                                    Err(e) => throw!(e),
-                                }
-                            }
-                            _ => None,
+                        } else {
+                            self.lookup(sym, env, span)
                         };
-                        if let Some(v) = fast {
-                            self.stack.truncate(n - 1);
-                            self.stack[n - 2] = v;
-                            continue;
+                        match found {
+                            Ok(v) => self.stack.push(v),
+                            Err(e) => throw!(e),
                         }
+                        continue;
                     }
-                    let span = code.spans[pc - 1];
-                    self.calls[f].pc = pc;
-                    need_env!();
-                    let result = self.prim_slow(form, span, env, a, b);
-                    self.stack.truncate(n - 2);
-                    match result {
-                        Ok(v) => self.stack.push(v),
-                        Err(e) => throw!(e),
-                    }
-                    continue;
-                }
-                Op::PrimLocalNum(op, slot, k) => {
-                    let a = self.stack[fp + slot as usize];
-                    if self.prim_intact[op as usize] {
-                        if let Value::Num(x) = a {
-                            if let Some(v) = prim_numbers(op, x, k as i64) {
-                                self.stack.push(v);
+                    Op::Prim(op, form) => {
+                        let n = self.stack.len();
+                        let (a, b) = (self.stack[n - 2], self.stack[n - 1]);
+                        if self.prim_intact[op as usize] {
+                            let fast = match (a, b) {
+                                (Value::Num(x), Value::Num(y)) => prim_numbers(op, x, y),
+                                // Structural equality of any two values, as
+                                // the builtins do it, and counted as their call.
+                                _ if matches!(op, PrimOp::Eq | PrimOp::Ne) => {
+                                    match self.equal_counted(a, b, code.spans[pc - 1]) {
+                                        Ok(same) => Some(Value::bool(same == (op == PrimOp::Eq))),
+                                        Err(e) => throw!(e),
+                                    }
+                                }
+                                _ => None,
+                            };
+                            if let Some(v) = fast {
+                                self.stack.truncate(n - 1);
+                                self.stack[n - 2] = v;
                                 continue;
                             }
                         }
+                        let span = code.spans[pc - 1];
+                        self.calls[f].pc = pc;
+                        need_env!();
+                        let result = self.prim_slow(form, span, env, a, b);
+                        self.stack.truncate(n - 2);
+                        match result {
+                            Ok(v) => self.stack.push(v),
+                            Err(e) => throw!(e),
+                        }
+                        continue;
                     }
-                    prim_call!(op, a, Value::Num(k as i64));
-                }
-                Op::TestLocalNum(op, slot, k, target) => {
-                    let a = self.stack[fp + slot as usize];
-                    if self.prim_intact[op as usize] {
-                        if let Value::Num(x) = a {
-                            if let Some(holds) = compare_numbers(op, x, k as i64) {
+                    Op::PrimLocalNum(op, slot, k) => {
+                        let a = self.stack[fp + slot as usize];
+                        if self.prim_intact[op as usize] {
+                            if let Value::Num(x) = a {
+                                if let Some(v) = prim_numbers(op, x, k as i64) {
+                                    self.stack.push(v);
+                                    continue;
+                                }
+                            }
+                        }
+                        prim_call!(op, a, Value::Num(k as i64));
+                    }
+                    Op::TestLocalNum(op, slot, k, target) => {
+                        let a = self.stack[fp + slot as usize];
+                        if self.prim_intact[op as usize] {
+                            if let Value::Num(x) = a {
+                                if let Some(holds) = compare_numbers(op, x, k as i64) {
+                                    // The `JumpIfFalse` that follows, done here.
+                                    pc = if holds { pc + 1 } else { target as usize };
+                                    continue;
+                                }
+                            }
+                        }
+                        prim_call!(op, a, Value::Num(k as i64));
+                    }
+                    Op::PrimLocals(op, x, y) => {
+                        let (a, b) = (self.stack[fp + x as usize], self.stack[fp + y as usize]);
+                        if self.prim_intact[op as usize] {
+                            if let (Value::Num(x), Value::Num(y)) = (a, b) {
+                                if let Some(v) = prim_numbers(op, x, y) {
+                                    self.stack.push(v);
+                                    continue;
+                                }
+                            } else if matches!(op, PrimOp::Eq | PrimOp::Ne) {
+                                match self.equal_counted(a, b, code.spans[pc - 1]) {
+                                    Ok(same) => {
+                                        self.stack.push(Value::bool(same == (op == PrimOp::Eq)))
+                                    }
+                                    Err(e) => throw!(e),
+                                }
+                                continue;
+                            }
+                        }
+                        prim_call!(op, a, b);
+                    }
+                    Op::TestLocals(op, x, y, target) => {
+                        let (a, b) = (self.stack[fp + x as usize], self.stack[fp + y as usize]);
+                        if self.prim_intact[op as usize] {
+                            let holds = match (a, b) {
+                                (Value::Num(x), Value::Num(y)) => compare_numbers(op, x, y),
+                                _ if matches!(op, PrimOp::Eq | PrimOp::Ne) => {
+                                    match self.equal_counted(a, b, code.spans[pc - 1]) {
+                                        Ok(same) => Some(same == (op == PrimOp::Eq)),
+                                        Err(e) => throw!(e),
+                                    }
+                                }
+                                _ => None,
+                            };
+                            if let Some(holds) = holds {
                                 // The `JumpIfFalse` that follows, done here.
                                 pc = if holds { pc + 1 } else { target as usize };
                                 continue;
                             }
                         }
+                        prim_call!(op, a, b);
                     }
-                    prim_call!(op, a, Value::Num(k as i64));
-                }
-                Op::PrimLocals(op, x, y) => {
-                    let (a, b) = (self.stack[fp + x as usize], self.stack[fp + y as usize]);
-                    if self.prim_intact[op as usize] {
-                        if let (Value::Num(x), Value::Num(y)) = (a, b) {
-                            if let Some(v) = prim_numbers(op, x, y) {
-                                self.stack.push(v);
-                                continue;
+                    Op::JumpIfFalse(target, cond) => {
+                        match self.stack.pop() {
+                            Some(Value::Num(0)) => pc = target as usize,
+                            Some(Value::Num(_)) => {}
+                            other => {
+                                let span = code.spans[pc - 1];
+                                let v = other.unwrap_or(Value::Nil);
+                                throw!(self.condition_error(v, span, cond.name()))
                             }
-                        } else if matches!(op, PrimOp::Eq | PrimOp::Ne) {
-                            match self.equal_counted(a, b, code.spans[pc - 1]) {
-                                Ok(same) => {
-                                    self.stack.push(Value::bool(same == (op == PrimOp::Eq)))
-                                }
-                                Err(e) => throw!(e),
-                            }
-                            continue;
                         }
+                        continue;
                     }
-                    prim_call!(op, a, b);
-                }
-                Op::TestLocals(op, x, y, target) => {
-                    let (a, b) = (self.stack[fp + x as usize], self.stack[fp + y as usize]);
-                    if self.prim_intact[op as usize] {
-                        let holds = match (a, b) {
-                            (Value::Num(x), Value::Num(y)) => compare_numbers(op, x, y),
-                            _ if matches!(op, PrimOp::Eq | PrimOp::Ne) => {
-                                match self.equal_counted(a, b, code.spans[pc - 1]) {
-                                    Ok(same) => Some(same == (op == PrimOp::Eq)),
+                    Op::Jump(target) => {
+                        pc = target as usize;
+                        continue;
+                    }
+                    Op::Pop => {
+                        self.stack.pop();
+                        continue;
+                    }
+                    Op::Call(argc, name) => {
+                        let span = code.spans[pc - 1];
+                        let base = self.stack.len() - argc as usize - 1;
+                        match self.stack[base] {
+                            Value::Lambda(_) => {
+                                self.calls[f].pc = pc;
+                                let caller = if lazy {
+                                    Caller::Frame(f)
+                                } else {
+                                    Caller::Env(env)
+                                };
+                                match self.enter_call(base, caller, span, name) {
+                                    Ok(Some(v)) => {
+                                        // Answered without a frame (an
+                                        // accessor, a partial application:
+                                        // making it may have made this
+                                        // call's scope).
+                                        self.stack.push(v);
+                                        lazy = self.is_lazy(f);
+                                        env = self.calls[f].env;
+                                    }
+                                    Ok(None) => continue 'frame,
                                     Err(e) => throw!(e),
                                 }
                             }
-                            _ => None,
-                        };
-                        if let Some(holds) = holds {
-                            // The `JumpIfFalse` that follows, done here.
-                            pc = if holds { pc + 1 } else { target as usize };
-                            continue;
-                        }
-                    }
-                    prim_call!(op, a, b);
-                }
-                Op::JumpIfFalse(target, cond) => {
-                    match self.stack.pop() {
-                        Some(Value::Num(0)) => pc = target as usize,
-                        Some(Value::Num(_)) => {}
-                        other => {
-                            let span = code.spans[pc - 1];
-                            let v = other.unwrap_or(Value::Nil);
-                            throw!(self.condition_error(v, span, cond.name()))
-                        }
-                    }
-                    continue;
-                }
-                Op::Jump(target) => {
-                    pc = target as usize;
-                    continue;
-                }
-                Op::Pop => {
-                    self.stack.pop();
-                    continue;
-                }
-                Op::Call(argc, name) => {
-                    let span = code.spans[pc - 1];
-                    let base = self.stack.len() - argc as usize - 1;
-                    match self.stack[base] {
-                        Value::Lambda(_) => {
-                            self.calls[f].pc = pc;
-                            let caller = if lazy {
-                                Caller::Frame(f)
-                            } else {
-                                Caller::Env(env)
-                            };
-                            match self.enter_call(base, caller, span, name) {
-                                Ok(Some(v)) => {
-                                    // Answered without a frame (an
-                                    // accessor, a partial application:
-                                    // making it may have made this
-                                    // call's scope).
-                                    self.stack.push(v);
-                                    lazy = self.is_lazy(f);
-                                    env = self.calls[f].env;
+                            Value::Builtin(id) => {
+                                self.calls[f].pc = pc;
+                                if lazy && self.wants_env(id, base) {
+                                    need_env!();
                                 }
-                                Ok(None) => reload!(),
-                                Err(e) => throw!(e),
-                            }
-                        }
-                        Value::Builtin(id) => {
-                            self.calls[f].pc = pc;
-                            if lazy && self.wants_env(id, base) {
-                                need_env!();
-                            }
-                            match self.call_builtin(id, base, env, span) {
-                                Ok(v) => self.stack.push(v),
-                                Err(e) => throw!(e),
-                            }
-                        }
-                        head => {
-                            // Not a function: the elements were evaluated
-                            // in order, and the last is the value.
-                            let v = if argc > 0 {
-                                self.stack[self.stack.len() - 1]
-                            } else {
-                                head
-                            };
-                            self.stack.truncate(base);
-                            self.stack.push(v);
-                        }
-                    }
-                    continue;
-                }
-                Op::TailCall(argc, name) => {
-                    let span = code.spans[pc - 1];
-                    let callee = self.stack.len() - argc as usize - 1;
-                    // A loop: the call replaces itself in place, and the
-                    // code, scope and formals stay where they are.
-                    if lazy {
-                        if let Value::Lambda(g) = self.stack[callee] {
-                            if self.lazy_self_call(f, g, callee) {
-                                self.fuel -= 1;
-                                if self.fuel == 0 {
-                                    if let Err(e) = self.refuel(span) {
-                                        return Err(self.unwind(stop, e, true));
-                                    }
+                                match self.call_builtin(id, base, env, span) {
+                                    Ok(v) => self.stack.push(v),
+                                    Err(e) => throw!(e),
                                 }
-                                let frame = &mut self.calls[f];
-                                frame.span = span;
-                                frame.name = name;
-                                if let Err(e) = self.safe_point() {
-                                    throw!(e)
-                                }
-                                pc = 0;
-                                continue;
+                            }
+                            head => {
+                                // Not a function: the elements were evaluated
+                                // in order, and the last is the value.
+                                let v = if argc > 0 {
+                                    self.stack[self.stack.len() - 1]
+                                } else {
+                                    head
+                                };
+                                self.stack.truncate(base);
+                                self.stack.push(v);
                             }
                         }
-                    }
-                    let accessed = match self.stack[callee] {
-                        Value::Lambda(g) => self.call_in_place(g, callee),
-                        _ => None,
-                    };
-                    if let Some(v) = accessed {
-                        // The running call returns what that call gives.
-                        v
-                    } else {
-                        self.calls[f].pc = pc;
-                        match self.tail_dispatch(f, callee, env, span, name) {
-                            Ok(Next::Return(v)) => v,
-                            Ok(Next::Enter) => {
-                                reload!();
-                                continue;
-                            }
-                            Err((e, skip)) => return Err(self.unwind(stop, e, skip)),
-                        }
-                    }
-                }
-                Op::Return => self.stack.pop().unwrap_or(Value::Unit),
-                Op::ReturnLocal(slot) => self.stack[fp + slot as usize],
-                Op::Tree(i) => {
-                    self.calls[f].pc = pc;
-                    need_env!();
-                    match self.eval(&proto.code.trees[i as usize], env) {
-                        Ok(v) => self.stack.push(v),
-                        Err(e) => throw!(e),
-                    }
-                    continue;
-                }
-                Op::TailTree(i) => {
-                    self.calls[f].pc = pc;
-                    need_env!();
-                    debug_assert!(!lazy);
-                    let tree = proto.clone();
-                    match self.exec(&tree.code.trees[i as usize], env, true) {
-                        Ok(Flow::Value(v)) => v,
-                        Ok(Flow::Call {
-                            base: b,
-                            env: e,
-                            span: s,
-                            name: n,
-                        }) => match self.tail_dispatch(f, b, e, s, n) {
-                            Ok(Next::Return(v)) => v,
-                            Ok(Next::Enter) => {
-                                reload!();
-                                continue;
-                            }
-                            Err((e, skip)) => return Err(self.unwind(stop, e, skip)),
-                        },
-                        Ok(Flow::Eval { proto, env: e }) => {
-                            self.switch_code(f, proto, e);
-                            reload!();
-                            continue;
-                        }
-                        Err(e) => throw!(e),
-                    }
-                }
-                Op::Guard(i, form) => {
-                    if self.intact_forms[(form.0 & 127) as usize] {
                         continue;
                     }
-                    let guard = &code.guards[i as usize];
-                    let (form, generic, span, end, tail) =
-                        (guard.form, guard.generic, guard.span, guard.end, guard.tail);
-                    need_env!();
-                    // The form's name is rebound: run it as an ordinary call.
-                    let mut shadowed = self.shadowed_forms(env);
-                    shadowed.push(form);
-                    let proto = match self.compile_eval_shadowed(generic, span, shadowed) {
-                        Ok(p) => p,
-                        Err(e) => throw!(e),
-                    };
-                    if tail {
-                        self.switch_code(f, proto, env);
-                        reload!();
-                    } else {
-                        self.calls[f].pc = end as usize;
-                        match self.run_proto(proto, env) {
+                    Op::TailCall(argc, name) => {
+                        let span = code.spans[pc - 1];
+                        let callee = self.stack.len() - argc as usize - 1;
+                        // A loop: the call replaces itself in place, and the
+                        // code, scope and formals stay where they are.
+                        if lazy {
+                            if let Value::Lambda(g) = self.stack[callee] {
+                                if self.lazy_self_call(f, g, callee) {
+                                    self.fuel -= 1;
+                                    if self.fuel == 0 {
+                                        if let Err(e) = self.refuel(span) {
+                                            return Err(self.unwind(stop, e, true));
+                                        }
+                                    }
+                                    let frame = &mut self.calls[f];
+                                    frame.span = span;
+                                    frame.name = name;
+                                    if let Err(e) = self.safe_point() {
+                                        throw!(e)
+                                    }
+                                    pc = 0;
+                                    continue;
+                                }
+                            }
+                        }
+                        let accessed = match self.stack[callee] {
+                            Value::Lambda(g) => self.call_in_place(g, callee),
+                            _ => None,
+                        };
+                        if let Some(v) = accessed {
+                            // The running call returns what that call gives.
+                            v
+                        } else {
+                            self.calls[f].pc = pc;
+                            match self.tail_dispatch(f, callee, env, span, name) {
+                                Ok(Next::Return(v)) => v,
+                                Ok(Next::Enter) => {
+                                    continue 'frame;
+                                }
+                                Err((e, skip)) => return Err(self.unwind(stop, e, skip)),
+                            }
+                        }
+                    }
+                    Op::Return => self.stack.pop().unwrap_or(Value::Unit),
+                    Op::ReturnLocal(slot) => self.stack[fp + slot as usize],
+                    Op::Tree(i) => {
+                        self.calls[f].pc = pc;
+                        need_env!();
+                        match self.eval(&proto.code.trees[i as usize], env) {
                             Ok(v) => self.stack.push(v),
                             Err(e) => throw!(e),
                         }
-                        pc = end as usize;
+                        continue;
                     }
-                    continue;
-                }
-                Op::EvalHead(end) => {
-                    let n = self.stack.len();
-                    let (e, h, x) = (self.stack[n - 3], self.stack[n - 2], self.stack[n - 1]);
-                    if let (Value::Builtin(e), Value::Builtin(h), Value::Q(g)) = (e, h, x) {
-                        let first = self.heap.cons(g).head;
-                        if e == self.forms.eval.1
-                            && h == self.forms.head.1
-                            && !matches!(first, Value::Sym(_) | Value::S(_))
-                        {
-                            // Counted as the two calls it stands for.
-                            for _ in 0..2 {
-                                self.fuel -= 1;
-                                if self.fuel == 0 {
-                                    if let Err(e) = self.refuel(code.spans[pc - 1]) {
-                                        throw!(e)
-                                    }
+                    Op::TailTree(i) => {
+                        self.calls[f].pc = pc;
+                        need_env!();
+                        debug_assert!(!lazy);
+                        let tree = proto.clone();
+                        match self.exec(&tree.code.trees[i as usize], env, true) {
+                            Ok(Flow::Value(v)) => v,
+                            Ok(Flow::Call {
+                                base: b,
+                                env: e,
+                                span: s,
+                                name: n,
+                            }) => match self.tail_dispatch(f, b, e, s, n) {
+                                Ok(Next::Return(v)) => v,
+                                Ok(Next::Enter) => {
+                                    continue 'frame;
                                 }
+                                Err((e, skip)) => return Err(self.unwind(stop, e, skip)),
+                            },
+                            Ok(Flow::Eval { proto, env: e }) => {
+                                self.switch_code(f, proto, e);
+                                continue 'frame;
                             }
-                            self.stack.truncate(n - 3);
-                            self.stack.push(first);
-                            pc = end as usize;
+                            Err(e) => throw!(e),
                         }
                     }
-                    continue;
+                    Op::Guard(i, form) => {
+                        if self.intact_forms[(form.0 & 127) as usize] {
+                            continue;
+                        }
+                        let guard = &code.guards[i as usize];
+                        let (form, generic, span, end, tail) =
+                            (guard.form, guard.generic, guard.span, guard.end, guard.tail);
+                        need_env!();
+                        // The form's name is rebound: run it as an ordinary call.
+                        let mut shadowed = self.shadowed_forms(env);
+                        shadowed.push(form);
+                        let proto = match self.compile_eval_shadowed(generic, span, shadowed) {
+                            Ok(p) => p,
+                            Err(e) => throw!(e),
+                        };
+                        if tail {
+                            self.switch_code(f, proto, env);
+                            continue 'frame;
+                        } else {
+                            self.calls[f].pc = end as usize;
+                            match self.run_proto(proto, env) {
+                                Ok(v) => self.stack.push(v),
+                                Err(e) => throw!(e),
+                            }
+                            pc = end as usize;
+                        }
+                        continue;
+                    }
+                    Op::EvalHead(end) => {
+                        let n = self.stack.len();
+                        let (e, h, x) = (self.stack[n - 3], self.stack[n - 2], self.stack[n - 1]);
+                        if let (Value::Builtin(e), Value::Builtin(h), Value::Q(g)) = (e, h, x) {
+                            let first = self.heap.cons(g).head;
+                            if e == self.forms.eval.1
+                                && h == self.forms.head.1
+                                && !matches!(first, Value::Sym(_) | Value::S(_))
+                            {
+                                // Counted as the two calls it stands for.
+                                for _ in 0..2 {
+                                    self.fuel -= 1;
+                                    if self.fuel == 0 {
+                                        if let Err(e) = self.refuel(code.spans[pc - 1]) {
+                                            throw!(e)
+                                        }
+                                    }
+                                }
+                                self.stack.truncate(n - 3);
+                                self.stack.push(first);
+                                pc = end as usize;
+                            }
+                        }
+                        continue;
+                    }
+                    Op::NoSelection => {
+                        let span = code.spans[pc - 1];
+                        throw!(self.error_at("no selection found", span))
+                    }
+                };
+                // The frame returns `value`.
+                let Some(frame) = self.calls.pop() else {
+                    unreachable!("a running frame")
+                };
+                self.stack.truncate(frame.base);
+                if let Some(act) = frame.act {
+                    self.depth -= 1;
+                    self.end_activation(act);
                 }
-                Op::NoSelection => {
-                    let span = code.spans[pc - 1];
-                    throw!(self.error_at("no selection found", span))
+                if f == stop {
+                    return Ok(value);
                 }
-            };
-            // The frame returns `value`.
-            let Some(frame) = self.calls.pop() else {
-                unreachable!("a running frame")
-            };
-            self.stack.truncate(frame.base);
-            if let Some(act) = frame.act {
-                self.depth -= 1;
-                self.end_activation(act);
+                self.stack.push(value);
+                continue 'frame;
             }
-            if f == stop {
-                return Ok(value);
-            }
-            self.stack.push(value);
-            reload!();
         }
     }
 }
