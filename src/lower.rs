@@ -107,6 +107,9 @@ pub struct Ops {
     pub guards: Box<[Guard]>,
     /// What a call of this code can skip (see `Vm::call_in_place`).
     pub shape: Shape,
+    /// For a `Shape::Leaf` body: bit `op as usize` set for each `PrimOp`
+    /// it uses, so one test tells whether they all hold their builtins.
+    pub leaf_prims: u16,
 }
 
 /// Bodies whose calls can be answered at the call site, without a frame.
@@ -144,8 +147,15 @@ pub fn lower(body: Code, forms: &SpecialForms) -> Ops {
     };
     l.expr(body, true);
     let shape = shape(&l.ops, forms);
+    let leaf_prims = l.ops.iter().fold(0, |bits, op| match *op {
+        Op::PrimLocalNum(op, ..) | Op::PrimLocals(op, ..) | Op::Prim(op, _) => {
+            bits | 1 << op as u16
+        }
+        _ => bits,
+    });
     Ops {
         shape,
+        leaf_prims,
         ops: l.ops.into_boxed_slice(),
         spans: l.spans.into_boxed_slice(),
         values: l.values.into_boxed_slice(),

@@ -208,6 +208,8 @@ pub struct Vm {
     intact_forms: [bool; 128],
     /// `intact_forms` of each `PrimOp`'s name, by `PrimOp`.
     prim_intact: [bool; PrimOp::ALL.len()],
+    /// Bit `op as usize` set when `prim_intact[op]` is false.
+    prims_broken: u16,
     /// Calls left before the interrupt flag and the step budget are looked
     /// at again (checking them on every call costs more than the call).
     fuel: u32,
@@ -271,6 +273,7 @@ impl Vm {
             max_depth: DEFAULT_MAX_DEPTH,
             intact_forms: [false; 128],
             prim_intact: [false; PrimOp::ALL.len()],
+            prims_broken: (1 << PrimOp::ALL.len()) - 1,
             fuel: 1,
             max_heap: std::env::var("VALK_MAX_HEAP_MB")
                 .ok()
@@ -842,6 +845,12 @@ impl Vm {
         self.intact_forms[(sym.0 & 127) as usize] = holds;
         if let Some(&(_, _, op)) = self.forms.prims.iter().find(|p| p.0 == sym) {
             self.prim_intact[op as usize] = holds;
+            let bit = 1 << op as u16;
+            if holds {
+                self.prims_broken &= !bit;
+            } else {
+                self.prims_broken |= bit;
+            }
         }
     }
 
@@ -1666,10 +1675,12 @@ impl Vm {
             if lambda.bound.is_empty()
                 && lambda.proto.rest.is_none()
                 && lambda.proto.formals.len() == nargs
-                && lambda.proto.code.shape != Shape::Leaf
             {
                 // The commonest call: a frame over the arguments as they
                 // are, no scope yet.
+                if lambda.proto.code.shape == Shape::Leaf {
+                    return self.leaf_call(g, base, caller, span, name);
+                }
                 let proto = lambda.proto.clone();
                 let lambda_env = lambda.env;
                 if let (Shape::Accessor(_), None, 4..) = (proto.code.shape, lambda_env, self.fuel) {
@@ -1685,6 +1696,28 @@ impl Vm {
             }
         }
         self.enter_call_slow(base, caller, span, name)
+    }
+
+    /// `enter_call`'s common case for a `Shape::Leaf` lambda `g`: answered
+    /// by `run_leaf` when it can be, else run in a frame.
+    #[inline(never)]
+    fn leaf_call(
+        &mut self,
+        g: Gc,
+        base: usize,
+        caller: Caller,
+        span: Span,
+        name: Option<Sym>,
+    ) -> Result<Option<Value>, Gc> {
+        let lambda = self.heap.lambda(g);
+        let (proto, lambda_env) = (lambda.proto.clone(), lambda.env);
+        self.fuel -= 1;
+        if let Some(v) = self.run_leaf(&proto.code, base) {
+            self.stack.truncate(base);
+            return Ok(Some(v));
+        }
+        let nargs = self.stack.len() - base - 1;
+        self.push_lazy_frame(proto, base, nargs, span, name, lambda_env, caller)
     }
 
     /// Pushes the frame of a call whose `nargs` formals are on the stack
@@ -1923,42 +1956,52 @@ impl Vm {
     }
 
     /// Runs a `Shape::Leaf` body on the formals above `base`, with the
-    /// operators' fast paths only; None at the first operation that would
-    /// need its slow path.
+    /// operators' fast paths only: every operator must hold its builtin
+    /// and every operand be a Number. None at the first thing that would
+    /// need more (the call then runs in a frame and does it).
+    #[inline(never)]
     fn run_leaf(&self, code: &Ops, base: usize) -> Option<Value> {
+        use crate::lower::LEAF_OPS;
+        if code.leaf_prims & self.prims_broken != 0 {
+            return None;
+        }
         let formals = &self.stack[base + 1..];
-        // Each op pushes at most one operand.
-        let mut operands = [Value::Unit; crate::lower::LEAF_OPS];
+        let num = |v: Value| match v {
+            Value::Num(x) => Some(x),
+            _ => None,
+        };
+        // Each op pushes at most one operand and a Leaf body has at most
+        // LEAF_OPS ops, so `n` stays below LEAF_OPS: the mask only spares
+        // the bounds checks.
+        const MASK: usize = LEAF_OPS - 1;
+        debug_assert!(LEAF_OPS.is_power_of_two() && code.ops.len() <= LEAF_OPS);
+        let mut operands = [0i64; LEAF_OPS];
         let mut n = 0;
         for op in code.ops.iter() {
-            let (op, a, b) = match *op {
+            let (op, x, y) = match *op {
                 Op::Const(i) => {
-                    operands[n] = code.values[i as usize];
+                    operands[n & MASK] = num(code.values[i as usize])?;
                     n += 1;
                     continue;
                 }
                 Op::Local(slot) => {
-                    operands[n] = formals[slot as usize];
+                    operands[n & MASK] = num(formals[slot as usize])?;
                     n += 1;
                     continue;
                 }
-                Op::PrimLocalNum(op, slot, k) => (op, formals[slot as usize], Value::Num(k as i64)),
-                Op::PrimLocals(op, x, y) => (op, formals[x as usize], formals[y as usize]),
+                Op::PrimLocalNum(op, slot, k) => (op, num(formals[slot as usize])?, k as i64),
+                Op::PrimLocals(op, a, b) => {
+                    (op, num(formals[a as usize])?, num(formals[b as usize])?)
+                }
                 Op::Prim(op, _) => {
                     n = n.checked_sub(2)?;
-                    (op, operands[n], operands[n + 1])
+                    (op, operands[n & MASK], operands[(n + 1) & MASK])
                 }
                 Op::ReturnLocal(slot) => return Some(formals[slot as usize]),
-                Op::Return => return n.checked_sub(1).map(|i| operands[i]),
+                Op::Return => return n.checked_sub(1).map(|i| Value::Num(operands[i & MASK])),
                 _ => return None,
             };
-            let (Value::Num(x), Value::Num(y)) = (a, b) else {
-                return None;
-            };
-            if !self.prim_intact[op as usize] {
-                return None;
-            }
-            operands[n] = prim_numbers(op, x, y)?;
+            operands[n & MASK] = num(prim_numbers(op, x, y)?)?;
             n += 1;
         }
         None
