@@ -217,7 +217,14 @@ pub struct Heap {
     /// plus everything allocated since).
     bytes: usize,
     allocated_since_gc: usize,
+    /// `VALK_GC_THRESHOLD_MB`: the pace of the collector. The old
+    /// generation may grow to four times it before a major cycle, and a
+    /// major cycle's slices are paced by it.
     threshold: usize,
+    /// Allocation between minor collections: a quarter of `threshold`
+    /// (4 MB by default), so the young generation stays within a core's
+    /// cache while it is made, traced and swept.
+    nursery: usize,
     next_collection: usize,
     /// Test mode: collect often, every eighth time in full, to find values
     /// not rooted across a collection.
@@ -243,6 +250,11 @@ const SCOPE_BYTES: usize = std::mem::size_of::<Object>() + std::mem::size_of::<S
 pub const MAP_ENTRY_BYTES: usize = 64;
 /// Freed scope boxes kept for reuse, so calls rarely reach the allocator.
 const SCOPE_POOL_LIMIT: usize = 1 << 20;
+
+/// The young generation's size for a collector threshold of `threshold`.
+fn nursery_bytes(threshold: usize) -> usize {
+    (threshold / 4).max(1)
+}
 
 impl Heap {
     pub fn new(threshold_bytes: usize) -> Heap {
@@ -271,7 +283,8 @@ impl Heap {
             bytes: 0,
             allocated_since_gc: 0,
             threshold: threshold_bytes,
-            next_collection: threshold_bytes,
+            nursery: nursery_bytes(threshold_bytes),
+            next_collection: nursery_bytes(threshold_bytes),
             stress: false,
             gray: Vec::new(),
             scope_pool: Vec::new(),
@@ -345,6 +358,7 @@ impl Heap {
     pub fn set_stress(&mut self, bytes: usize) {
         self.stress = true;
         self.threshold = bytes;
+        self.nursery = bytes;
         self.next_collection = bytes;
         self.mark_work = incremental::STRESS_MARK_WORK;
         self.sweep_work = incremental::STRESS_SWEEP_WORK;
@@ -795,7 +809,7 @@ impl Heap {
             self.step = Step::Full;
             self.mode = Mode::Full;
         } else if self.phase == Phase::Idle
-            || self.allocated_since_gc >= self.threshold
+            || self.allocated_since_gc >= self.nursery
             || (self.phase == Phase::Marking && self.major_gray.is_empty())
         {
             let stress_major = self.stress && self.stats.collections % 8 == 3;
@@ -991,6 +1005,29 @@ mod tests {
         assert_eq!(heap.list_items(kept).len(), 2);
         heap.qlist(&[Value::Num(9)]);
         assert_eq!(heap.objects.len(), 5, "freed slot reused");
+    }
+
+    #[test]
+    fn minor_collections_come_every_quarter_threshold() {
+        let threshold = 4 << 20;
+        let mut heap = Heap::new(threshold);
+        let before = |heap: &mut Heap| {
+            let mut made = 0;
+            while !heap.wants_collection() {
+                heap.qlist(&[Value::Num(1)]);
+                made += 1;
+            }
+            made
+        };
+        let cells = before(&mut heap);
+        let per_cell = heap.bytes / cells;
+        assert!(cells * per_cell >= threshold / 4 && (cells - 1) * per_cell < threshold / 4);
+        // Everything was garbage; the next collection is due after the
+        // same amount again, and the old generation stays empty.
+        heap.begin_collection(false);
+        heap.finish_collection(Instant::now());
+        assert_eq!(heap.live_objects(), 0);
+        assert_eq!(before(&mut heap), cells);
     }
 
     #[test]

@@ -234,14 +234,14 @@ impl Heap {
         self.next_collection = match self.phase {
             Phase::Idle => {
                 self.owed = 0;
-                self.threshold
+                self.nursery
             }
             Phase::Marking if self.major_gray.is_empty() => self.allocated_since_gc,
             _ => match self.slice_every.checked_sub(self.owed) {
                 Some(left) if left > 0 => self
                     .allocated_since_gc
                     .saturating_add(left)
-                    .min(self.threshold),
+                    .min(self.nursery),
                 _ => self.allocated_since_gc,
             },
         };
