@@ -351,6 +351,17 @@ impl Heap {
         g
     }
 
+    /// For a heap that serves requests: young objects are collected every
+    /// `threshold` bytes instead of every quarter of it. A request's
+    /// objects live until its answer is made, so with requests in flight
+    /// at every minor collection a small young generation promotes them,
+    /// and they die old, held until a major cycle (a server's RSS doubled).
+    pub fn serve_requests(&mut self) {
+        if !self.stress {
+            self.nursery = self.threshold;
+        }
+    }
+
     /// Test mode: collect at the first safe point after every `bytes`
     /// allocated (every eighth collection full, and major cycles with tiny
     /// slices in between), and whenever a builtin reserves heap (see

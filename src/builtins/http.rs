@@ -737,6 +737,7 @@ pub fn serve_exchange(vm: &mut Vm, handler: Value, exchange: Exchange) {
         // The connection is gone: nobody would read the answer.
         return;
     }
+    vm.heap.serve_requests();
     let bytes = incoming_bytes(&request);
     let req = message_value(
         vm,
