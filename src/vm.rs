@@ -84,20 +84,50 @@ struct Frame {
     caller: Caller,
 }
 
-/// Pushes a frame, with the growth of the frame stack out of line: the
-/// push of every Lisp call, which the code generator would otherwise
-/// sometimes leave as a call of `Vec::push`.
+/// Pushes the frame of a call whose `nargs` formals are on the value stack
+/// above `base`, with no scope yet (see `Vm::push_lazy_frame`), with the
+/// growth of the frame stack out of line.
+///
+/// The frame is written field by field straight into its slot. Built
+/// whole on the native stack first (as the code generator does with a
+/// `Frame` value), it was copied in 16-byte pieces that straddled the
+/// smaller stores of its fields, which the processor cannot forward to the
+/// loads: a stall of a dozen cycles or more on every call.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn push_frame(calls: &mut Vec<Frame>, frame: Frame) {
+fn push_frame(
+    calls: &mut Vec<Frame>,
+    code: Rc<Proto>,
+    base: usize,
+    nargs: usize,
+    span: Span,
+    name: Option<Sym>,
+    lambda_env: Env,
+    caller: Caller,
+) {
     if calls.len() == calls.capacity() {
         grow_frames(calls);
     }
     let len = calls.len();
     // SAFETY: `len < capacity` (just ensured), so the slot at `len` is
-    // allocated and unused; it is written once, then counted by
-    // `set_len(len + 1)`, which makes it initialized and owned by the Vec.
+    // allocated and unused. Each field of it is written exactly once
+    // through a raw pointer (no reference to the uninitialized slot is
+    // made, and nothing is read or dropped), so after the writes the slot
+    // holds a whole, valid `Frame`; `set_len(len + 1)` then counts it, and
+    // the Vec owns it.
     unsafe {
-        calls.as_mut_ptr().add(len).write(frame);
+        let slot = calls.as_mut_ptr().add(len);
+        std::ptr::addr_of_mut!((*slot).code).write(code);
+        std::ptr::addr_of_mut!((*slot).pc).write(0);
+        std::ptr::addr_of_mut!((*slot).env).write(None);
+        std::ptr::addr_of_mut!((*slot).base).write(base);
+        std::ptr::addr_of_mut!((*slot).fp).write(base + 1);
+        std::ptr::addr_of_mut!((*slot).top).write(base + 1 + nargs);
+        std::ptr::addr_of_mut!((*slot).act).write(Some(Activation::default()));
+        std::ptr::addr_of_mut!((*slot).span).write(span);
+        std::ptr::addr_of_mut!((*slot).name).write(name);
+        std::ptr::addr_of_mut!((*slot).lambda_env).write(lambda_env);
+        std::ptr::addr_of_mut!((*slot).caller).write(caller);
         calls.set_len(len + 1);
     }
 }
@@ -1737,19 +1767,13 @@ impl Vm {
         self.depth += 1;
         push_frame(
             &mut self.calls,
-            Frame {
-                code,
-                pc: 0,
-                env: None,
-                base,
-                fp: base + 1,
-                top: base + 1 + nargs,
-                act: Some(Activation::default()),
-                span,
-                name,
-                lambda_env,
-                caller,
-            },
+            code,
+            base,
+            nargs,
+            span,
+            name,
+            lambda_env,
+            caller,
         );
         self.safe_point()?;
         Ok(None)
@@ -2698,12 +2722,17 @@ impl Vm {
                         throw!(self.error_at("no selection found", span))
                     }
                 };
-                // The frame returns `value`.
-                let Some(frame) = self.calls.pop() else {
-                    unreachable!("a running frame")
+                // The frame returns `value`. Its fields are read where
+                // they are (a whole copy of a frame just pushed would load
+                // across the stores of its fields: see `push_frame`).
+                debug_assert_eq!(f + 1, self.calls.len());
+                let (base, act) = {
+                    let frame = &mut self.calls[f];
+                    (frame.base, frame.act.take())
                 };
-                self.stack.truncate(frame.base);
-                if let Some(act) = frame.act {
+                self.calls.truncate(f);
+                self.stack.truncate(base);
+                if let Some(act) = act {
                     self.depth -= 1;
                     self.end_activation(act);
                 }
