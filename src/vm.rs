@@ -2627,7 +2627,15 @@ impl Vm {
                             }
                         }
                     }
-                    Op::Return => self.stack.pop().unwrap_or(Value::Unit),
+                    // Read in place, not popped: the frame's values are
+                    // dropped with it, and an `Option<Value>` is moved in
+                    // pieces that the next push stores the same way, which
+                    // the caller's next whole-value load cannot be
+                    // forwarded from.
+                    Op::Return => match self.stack.last() {
+                        Some(v) => *v,
+                        None => Value::Unit,
+                    },
                     Op::ReturnLocal(slot) => self.stack[fp + slot as usize],
                     Op::Tree(i) => {
                         self.calls[f].pc = pc;
