@@ -56,6 +56,14 @@ pub enum Op {
     PrimLocals(PrimOp, u16, u16),
     /// `TestLocalNum` for two formals, such as `(< y x)`.
     TestLocals(PrimOp, u16, u16, u32),
+    /// `Guard(i, if)` and the `TestLocalNum` of its condition in one op
+    /// (the test reads a formal and has no effect, so it may be done
+    /// before the guard is looked at): when `if` and the operator hold
+    /// their builtins and the formal is a Number, the test's jump;
+    /// otherwise what the guard and then the test would do.
+    IfTestLocalNum(PrimOp, u16, i32, u32, u32),
+    /// The same for `TestLocals`.
+    IfTestLocals(PrimOp, u16, u16, u32, u32),
     Jump(u32),
     /// Drop the top value.
     Pop,
@@ -211,8 +219,12 @@ impl Lowerer<'_> {
             _ => unreachable!("patching a jump"),
         }
         // A fused test before the jump jumps to the same place.
-        if let Some(Op::TestLocalNum(_, _, _, t) | Op::TestLocals(_, _, _, t)) =
-            at.checked_sub(1).map(|i| &mut self.ops[i])
+        if let Some(
+            Op::TestLocalNum(_, _, _, t)
+            | Op::TestLocals(_, _, _, t)
+            | Op::IfTestLocalNum(_, _, _, t, _)
+            | Op::IfTestLocals(_, _, _, t, _),
+        ) = at.checked_sub(1).map(|i| &mut self.ops[i])
         {
             *t = target;
         }
@@ -274,6 +286,26 @@ impl Lowerer<'_> {
             }
             _ => {}
         }
+    }
+
+    /// When the condition after `if`'s guard (at `at`, guard `g`) is a
+    /// single fused test, puts both in one op where the guard was (so a
+    /// jump to the `if` still lands on it).
+    fn fuse_if_guard(&mut self, at: usize, g: usize) {
+        if self.ops.len() != at + 2 || self.guards[g].form != self.forms.if_.0 {
+            return;
+        }
+        let fused = match self.ops[at + 1] {
+            Op::TestLocalNum(op, slot, k, t) => Op::IfTestLocalNum(op, slot, k, t, g as u32),
+            Op::TestLocals(op, a, b, t) => Op::IfTestLocals(op, a, b, t, g as u32),
+            _ => return,
+        };
+        self.ops.pop();
+        let span = self.spans.pop().unwrap_or(Span::NONE);
+        self.ops[at] = fused;
+        // The test's span, for the operator's errors; the guard keeps its
+        // own in `guards[g]`.
+        self.spans[at] = span;
     }
 
     /// Whether `call` is `(eval (head x))` by name.
@@ -376,7 +408,9 @@ impl Lowerer<'_> {
             Code::If(node) => {
                 let node = *node;
                 let g = self.guard(node.form, node.generic, node.span, tail);
+                let at = self.ops.len() - 1;
                 self.condition(node.node.cond);
+                self.fuse_if_guard(at, g);
                 let jump = self.emit(Op::JumpIfFalse(0, Cond::If), node.span);
                 self.expr(node.node.then, tail);
                 let skip = (!tail).then(|| self.emit(Op::Jump(0), Span::NONE));

@@ -18,7 +18,7 @@ use smallvec::SmallVec;
 use crate::compile::{Code, Compiler, Inline, PrimOp, Proto, SpecialForms};
 use crate::error::{ErrorData, Span};
 use crate::heap::{Env, Gc, Heap, Lambda, Object};
-use crate::lower::{Op, Ops, Shape};
+use crate::lower::{Guard, Op, Ops, Shape};
 use crate::symbol::{Sym, Symbols};
 use crate::value::{equal, Printer, Value};
 
@@ -2311,6 +2311,32 @@ impl Vm {
         }
     }
 
+    /// An inlined form whose name no longer holds its builtin (`guard`,
+    /// reached in frame `f` running in `env`): its source is run as an
+    /// ordinary call. In tail position the frame switches to that code
+    /// (`None`: the caller reloads the frame); otherwise its value and
+    /// where the frame's code continues.
+    #[inline(never)]
+    fn run_rebound_form(
+        &mut self,
+        f: usize,
+        guard: &Guard,
+        env: Env,
+    ) -> Result<Option<(Value, usize)>, Gc> {
+        let (form, generic, span, end, tail) =
+            (guard.form, guard.generic, guard.span, guard.end, guard.tail);
+        let mut shadowed = self.shadowed_forms(env);
+        shadowed.push(form);
+        let proto = self.compile_eval_shadowed(generic, span, shadowed)?;
+        if tail {
+            self.switch_code(f, proto, env);
+            return Ok(None);
+        }
+        self.calls[f].pc = end as usize;
+        let v = self.run_proto(proto, env)?;
+        Ok(Some((v, end as usize)))
+    }
+
     /// Runs frames, starting with `calls[stop]` (the top one), until that
     /// frame returns; its value is the result. Lisp calls push frames here
     /// instead of recursing natively.
@@ -2322,6 +2348,8 @@ impl Vm {
         let mut lazy;
         // The running frame's code, held here so each op is one load away.
         let mut proto = self.calls[self.calls.len() - 1].code.clone();
+        // Where `intact_forms` says whether `if` holds its builtin.
+        let if_slot = (self.forms.if_.0 .0 & 127) as usize;
         macro_rules! throw {
             ($e:expr) => {{
                 let e = $e;
@@ -2676,27 +2704,70 @@ impl Vm {
                         if self.intact_forms[(form.0 & 127) as usize] {
                             continue;
                         }
-                        let guard = &code.guards[i as usize];
-                        let (form, generic, span, end, tail) =
-                            (guard.form, guard.generic, guard.span, guard.end, guard.tail);
                         need_env!();
-                        // The form's name is rebound: run it as an ordinary call.
-                        let mut shadowed = self.shadowed_forms(env);
-                        shadowed.push(form);
-                        let proto = match self.compile_eval_shadowed(generic, span, shadowed) {
-                            Ok(p) => p,
-                            Err(e) => throw!(e),
-                        };
-                        if tail {
-                            self.switch_code(f, proto, env);
-                            continue 'frame;
-                        } else {
-                            self.calls[f].pc = end as usize;
-                            match self.run_proto(proto, env) {
-                                Ok(v) => self.stack.push(v),
-                                Err(e) => throw!(e),
+                        match self.run_rebound_form(f, &code.guards[i as usize], env) {
+                            Ok(Some((v, end))) => {
+                                self.stack.push(v);
+                                pc = end;
                             }
-                            pc = end as usize;
+                            Ok(None) => continue 'frame,
+                            Err(e) => throw!(e),
+                        }
+                        continue;
+                    }
+                    Op::IfTestLocalNum(op, slot, k, target, g) => {
+                        if self.intact_forms[if_slot] {
+                            let a = self.stack[fp + slot as usize];
+                            if self.prim_intact[op as usize] {
+                                if let Value::Num(x) = a {
+                                    if let Some(holds) = compare_numbers(op, x, k as i64) {
+                                        pc = if holds { pc + 1 } else { target as usize };
+                                        continue;
+                                    }
+                                }
+                            }
+                            prim_call!(op, a, Value::Num(k as i64));
+                        }
+                        need_env!();
+                        match self.run_rebound_form(f, &code.guards[g as usize], env) {
+                            Ok(Some((v, end))) => {
+                                self.stack.push(v);
+                                pc = end;
+                            }
+                            Ok(None) => continue 'frame,
+                            Err(e) => throw!(e),
+                        }
+                        continue;
+                    }
+                    Op::IfTestLocals(op, x, y, target, g) => {
+                        if self.intact_forms[if_slot] {
+                            let (a, b) = (self.stack[fp + x as usize], self.stack[fp + y as usize]);
+                            if self.prim_intact[op as usize] {
+                                let holds = match (a, b) {
+                                    (Value::Num(x), Value::Num(y)) => compare_numbers(op, x, y),
+                                    _ if matches!(op, PrimOp::Eq | PrimOp::Ne) => {
+                                        match self.equal_counted(a, b, code.spans[pc - 1]) {
+                                            Ok(same) => Some(same == (op == PrimOp::Eq)),
+                                            Err(e) => throw!(e),
+                                        }
+                                    }
+                                    _ => None,
+                                };
+                                if let Some(holds) = holds {
+                                    pc = if holds { pc + 1 } else { target as usize };
+                                    continue;
+                                }
+                            }
+                            prim_call!(op, a, b);
+                        }
+                        need_env!();
+                        match self.run_rebound_form(f, &code.guards[g as usize], env) {
+                            Ok(Some((v, end))) => {
+                                self.stack.push(v);
+                                pc = end;
+                            }
+                            Ok(None) => continue 'frame,
+                            Err(e) => throw!(e),
                         }
                         continue;
                     }
