@@ -82,6 +82,11 @@ struct Frame {
     /// the lambda's scope, and who called.
     lambda_env: Env,
     caller: Caller,
+    /// For a frame with no scope yet that was entered with exactly its
+    /// lambda's formals (no bound or rest arguments): that lambda. A tail
+    /// call of the same lambda with as many arguments reuses the frame
+    /// without looking the lambda up.
+    self_fn: Option<Gc>,
 }
 
 /// Pushes the frame of a call whose `nargs` formals are on the value stack
@@ -104,6 +109,7 @@ fn push_frame(
     name: Option<Sym>,
     lambda_env: Env,
     caller: Caller,
+    self_fn: Option<Gc>,
 ) {
     if calls.len() == calls.capacity() {
         grow_frames(calls);
@@ -128,6 +134,7 @@ fn push_frame(
         std::ptr::addr_of_mut!((*slot).name).write(name);
         std::ptr::addr_of_mut!((*slot).lambda_env).write(lambda_env);
         std::ptr::addr_of_mut!((*slot).caller).write(caller);
+        std::ptr::addr_of_mut!((*slot).self_fn).write(self_fn);
         calls.set_len(len + 1);
     }
 }
@@ -783,6 +790,7 @@ impl Vm {
             name: None,
             lambda_env: None,
             caller: Caller::Env(None),
+            self_fn: None,
         });
         self.run(self.calls.len() - 1)
     }
@@ -1722,7 +1730,16 @@ impl Vm {
                     }
                 }
                 self.fuel -= 1;
-                return self.push_lazy_frame(proto, base, nargs, span, name, lambda_env, caller);
+                return self.push_lazy_frame(
+                    proto,
+                    base,
+                    nargs,
+                    span,
+                    name,
+                    lambda_env,
+                    caller,
+                    Some(g),
+                );
             }
         }
         self.enter_call_slow(base, caller, span, name)
@@ -1747,7 +1764,7 @@ impl Vm {
             return Ok(Some(v));
         }
         let nargs = self.stack.len() - base - 1;
-        self.push_lazy_frame(proto, base, nargs, span, name, lambda_env, caller)
+        self.push_lazy_frame(proto, base, nargs, span, name, lambda_env, caller, Some(g))
     }
 
     /// Pushes the frame of a call whose `nargs` formals are on the stack
@@ -1763,6 +1780,7 @@ impl Vm {
         name: Option<Sym>,
         lambda_env: Env,
         caller: Caller,
+        self_fn: Option<Gc>,
     ) -> Result<Option<Value>, Gc> {
         self.depth += 1;
         push_frame(
@@ -1774,6 +1792,7 @@ impl Vm {
             name,
             lambda_env,
             caller,
+            self_fn,
         );
         self.safe_point()?;
         Ok(None)
@@ -1823,7 +1842,16 @@ impl Vm {
                     return Ok(Some(v));
                 }
             }
-            return self.push_lazy_frame(proto, base, nargs, span, name, lambda_env, caller);
+            return self.push_lazy_frame(
+                proto,
+                base,
+                nargs,
+                span,
+                name,
+                lambda_env,
+                caller,
+                (nbound == 0).then_some(g),
+            );
         }
         let env = self.caller_env(caller);
         let mut activation = Activation::default();
@@ -1849,6 +1877,7 @@ impl Vm {
             name,
             lambda_env: None,
             caller: Caller::Env(None),
+            self_fn: None,
         });
         self.safe_point()?;
         Ok(None)
@@ -2145,6 +2174,8 @@ impl Vm {
         frame.code = proto;
         frame.pc = 0;
         frame.env = env;
+        // It no longer runs its lambda's code.
+        frame.self_fn = None;
     }
 
     /// A tail call in a call whose scope is not made yet, of the same
@@ -2152,9 +2183,21 @@ impl Vm {
     /// (its bindings are shadowed by the new ones anyway).
     #[inline(always)]
     fn lazy_self_call(&mut self, f: usize, g: Gc, callee: usize) -> bool {
-        let lambda = self.heap.lambda(g);
         let frame = &self.calls[f];
         let nargs = self.stack.len() - callee - 1;
+        if frame.self_fn == Some(g) && frame.top - frame.fp == nargs {
+            // The very lambda the frame was entered with, and as many
+            // arguments: nothing to look up.
+            let base = frame.base;
+            let n = nargs + 1;
+            for i in 0..n {
+                self.stack[base + i] = self.stack[callee + i];
+            }
+            self.stack.truncate(base + n);
+            self.calls[f].pc = 0;
+            return true;
+        }
+        let lambda = self.heap.lambda(g);
         if !Rc::ptr_eq(&lambda.proto, &frame.code)
             || !lambda.bound.is_empty()
             || lambda.proto.rest.is_some()
@@ -2174,6 +2217,9 @@ impl Vm {
         let frame = &mut self.calls[f];
         frame.lambda_env = lambda_env;
         frame.pc = 0;
+        // Now the frame runs this lambda (another closure of the same code,
+        // perhaps), entered with exactly its formals.
+        frame.self_fn = Some(g);
         true
     }
 
@@ -2248,6 +2294,7 @@ impl Vm {
                             frame.code = proto;
                             frame.pc = 0;
                             frame.env = Some(scope);
+                            frame.self_fn = None;
                             frame.span = span;
                             frame.name = name;
                             match self.safe_point() {
