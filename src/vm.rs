@@ -2493,6 +2493,20 @@ impl Vm {
                     }
                     Op::Prim(op, form) => {
                         let n = self.stack.len();
+                        // Numbers read field by field, not whole: the
+                        // operands were often just stored that way (a
+                        // whole load across them could not be forwarded).
+                        if let (Value::Num(x), Value::Num(y)) =
+                            (&self.stack[n - 2], &self.stack[n - 1])
+                        {
+                            if self.prim_intact[op as usize] {
+                                if let Some(v) = prim_numbers(op, *x, *y) {
+                                    self.stack.truncate(n - 1);
+                                    self.stack[n - 2] = v;
+                                    continue;
+                                }
+                            }
+                        }
                         let (a, b) = (self.stack[n - 2], self.stack[n - 1]);
                         if self.prim_intact[op as usize] {
                             let fast = match (a, b) {
