@@ -41,6 +41,10 @@ pub enum Op {
     Name(Sym),
     /// Pop two operands, push `(form a b)`.
     Prim(PrimOp, Sym),
+    /// `Prim` in tail position, always followed by its `Return`: on two
+    /// Numbers the running code ends with the result (the `Return` done
+    /// here); otherwise as `Prim`, and the `Return` runs.
+    PrimReturn(PrimOp, Sym),
     /// Push `(form local k)`: a formal and a Number constant, such as
     /// `(- n 1)` or `(< n 2)`.
     PrimLocalNum(PrimOp, u16, i32),
@@ -156,9 +160,10 @@ pub fn lower(body: Code, forms: &SpecialForms) -> Ops {
     l.expr(body, true);
     let shape = shape(&l.ops, forms);
     let leaf_prims = l.ops.iter().fold(0, |bits, op| match *op {
-        Op::PrimLocalNum(op, ..) | Op::PrimLocals(op, ..) | Op::Prim(op, _) => {
-            bits | 1 << op as u16
-        }
+        Op::PrimLocalNum(op, ..)
+        | Op::PrimLocals(op, ..)
+        | Op::Prim(op, _)
+        | Op::PrimReturn(op, _) => bits | 1 << op as u16,
         _ => bits,
     });
     Ops {
@@ -188,7 +193,12 @@ fn shape(ops: &[Op], forms: &SpecialForms) -> Shape {
     let straight = body.iter().all(|op| {
         matches!(
             op,
-            Op::Const(_) | Op::Local(_) | Op::PrimLocalNum(..) | Op::PrimLocals(..) | Op::Prim(..)
+            Op::Const(_)
+                | Op::Local(_)
+                | Op::PrimLocalNum(..)
+                | Op::PrimLocals(..)
+                | Op::Prim(..)
+                | Op::PrimReturn(..)
         )
     });
     if straight && matches!(last, Op::Return | Op::ReturnLocal(_)) && ops.len() <= LEAF_OPS {
@@ -382,7 +392,12 @@ impl Lowerer<'_> {
                 }
                 self.expr(node.node.left, false);
                 self.expr(node.node.right, false);
-                self.emit(Op::Prim(node.node.op, node.form), node.span);
+                let op = if tail {
+                    Op::PrimReturn(node.node.op, node.form)
+                } else {
+                    Op::Prim(node.node.op, node.form)
+                };
+                self.emit(op, node.span);
                 self.ret(tail);
             }
             Code::Call(call) => {

@@ -2046,7 +2046,7 @@ impl Vm {
                 Op::PrimLocals(op, a, b) => {
                     (op, num(formals[a as usize])?, num(formals[b as usize])?)
                 }
-                Op::Prim(op, _) => {
+                Op::Prim(op, _) | Op::PrimReturn(op, _) => {
                     n = n.checked_sub(2)?;
                     (op, operands[n & MASK], operands[(n + 1) & MASK])
                 }
@@ -2418,6 +2418,45 @@ impl Vm {
                 continue;
             }};
         }
+        // `Prim` past its fast path for Numbers: equality of other values
+        // inline, else the call of whatever the operator's name holds;
+        // pushes the result.
+        macro_rules! prim_rest {
+            ($op:expr, $form:expr) => {{
+                let (op, form) = ($op, $form);
+                let n = self.stack.len();
+                let (a, b) = (self.stack[n - 2], self.stack[n - 1]);
+                if self.prim_intact[op as usize] {
+                    let fast = match (a, b) {
+                        (Value::Num(x), Value::Num(y)) => prim_numbers(op, x, y),
+                        // Structural equality of any two values, as the
+                        // builtins do it, and counted as their call.
+                        _ if matches!(op, PrimOp::Eq | PrimOp::Ne) => {
+                            match self.equal_counted(a, b, proto.code.spans[pc - 1]) {
+                                Ok(same) => Some(Value::bool(same == (op == PrimOp::Eq))),
+                                Err(e) => throw!(e),
+                            }
+                        }
+                        _ => None,
+                    };
+                    if let Some(v) = fast {
+                        self.stack.truncate(n - 1);
+                        self.stack[n - 2] = v;
+                        continue;
+                    }
+                }
+                let span = proto.code.spans[pc - 1];
+                self.calls[f].pc = pc;
+                need_env!();
+                let result = self.prim_slow(form, span, env, a, b);
+                self.stack.truncate(n - 2);
+                match result {
+                    Ok(v) => self.stack.push(v),
+                    Err(e) => throw!(e),
+                }
+                continue;
+            }};
+        }
         // Makes the running call's scope if it has none yet.
         macro_rules! need_env {
             () => {{
@@ -2507,36 +2546,23 @@ impl Vm {
                                 }
                             }
                         }
-                        let (a, b) = (self.stack[n - 2], self.stack[n - 1]);
-                        if self.prim_intact[op as usize] {
-                            let fast = match (a, b) {
-                                (Value::Num(x), Value::Num(y)) => prim_numbers(op, x, y),
-                                // Structural equality of any two values, as
-                                // the builtins do it, and counted as their call.
-                                _ if matches!(op, PrimOp::Eq | PrimOp::Ne) => {
-                                    match self.equal_counted(a, b, code.spans[pc - 1]) {
-                                        Ok(same) => Some(Value::bool(same == (op == PrimOp::Eq))),
-                                        Err(e) => throw!(e),
-                                    }
-                                }
-                                _ => None,
-                            };
-                            if let Some(v) = fast {
-                                self.stack.truncate(n - 1);
-                                self.stack[n - 2] = v;
-                                continue;
+                        prim_rest!(op, form);
+                    }
+                    Op::PrimReturn(op, form) => {
+                        let n = self.stack.len();
+                        let fast = match (&self.stack[n - 2], &self.stack[n - 1]) {
+                            (Value::Num(x), Value::Num(y)) if self.prim_intact[op as usize] => {
+                                prim_numbers(op, *x, *y)
                             }
+                            _ => None,
+                        };
+                        match fast {
+                            // The `Return` that follows, done here.
+                            Some(v) => v,
+                            // As `Prim`; the `Return` after it returns the
+                            // result.
+                            None => prim_rest!(op, form),
                         }
-                        let span = code.spans[pc - 1];
-                        self.calls[f].pc = pc;
-                        need_env!();
-                        let result = self.prim_slow(form, span, env, a, b);
-                        self.stack.truncate(n - 2);
-                        match result {
-                            Ok(v) => self.stack.push(v),
-                            Err(e) => throw!(e),
-                        }
-                        continue;
                     }
                     Op::PrimLocalNum(op, slot, k) => {
                         let a = self.stack[fp + slot as usize];
