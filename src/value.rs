@@ -38,6 +38,7 @@ pub enum Value {
 }
 
 const _: () = assert!(std::mem::size_of::<Value>() == 16);
+const _: () = assert!(std::mem::align_of::<Value>() == 8);
 const _: () = assert!(std::mem::size_of::<Option<Value>>() == 16);
 
 impl Value {

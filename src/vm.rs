@@ -139,6 +139,40 @@ fn push_frame(
     }
 }
 
+/// Moves the last `values.len() - by` values of `values` to its start
+/// (`by > 0`), one 8-byte word at a time.
+///
+/// The arguments of a self tail call were stored a moment ago a word at a
+/// time (a Number is written as its tag word and its payload word); a
+/// 16-byte load of a whole value across those two stores cannot be
+/// forwarded from them and waits for both to reach the cache. Word loads
+/// can, so each value is copied as its two words, with volatile accesses
+/// so that they are not merged back into one 16-byte move.
+#[inline(always)]
+fn move_values_down(values: &mut [Value], by: usize) {
+    debug_assert!(by > 0 && by <= values.len());
+    const WORDS: usize = std::mem::size_of::<Value>() / 8;
+    let words = values.as_mut_ptr().cast::<std::mem::MaybeUninit<u64>>();
+    let n = (values.len() - by) * WORDS;
+    let by = by * WORDS;
+    for i in 0..n {
+        // SAFETY: `values` is one live, exclusively borrowed slice of
+        // `values.len() * WORDS` words (a `Value` is 16 bytes, 8-aligned:
+        // asserted next to its definition), and `i + by < values.len() *
+        // WORDS` and `i < i + by`, so both accesses are in bounds and
+        // aligned. Words are read and written as `MaybeUninit<u64>`, which
+        // may hold any bytes (a `Value`'s padding included). Copying in
+        // increasing order with the destination below the source moves
+        // each word before anything overwrites it, so afterwards the first
+        // `len - by` values hold exactly the bytes of the last ones, each a
+        // valid `Value`; nothing reads a value while it is half copied.
+        unsafe {
+            let w = words.add(i + by).read_volatile();
+            words.add(i).write_volatile(w);
+        }
+    }
+}
+
 #[cold]
 #[inline(never)]
 fn grow_frames(calls: &mut Vec<Frame>) {
@@ -2188,12 +2222,11 @@ impl Vm {
         if frame.self_fn == Some(g) && frame.top - frame.fp == nargs {
             // The very lambda the frame was entered with, and as many
             // arguments: nothing to look up.
+            // The function below them is that lambda already: only the
+            // arguments move down.
             let base = frame.base;
-            let n = nargs + 1;
-            for i in 0..n {
-                self.stack[base + i] = self.stack[callee + i];
-            }
-            self.stack.truncate(base + n);
+            move_values_down(&mut self.stack[base + 1..=callee + nargs], callee - base);
+            self.stack.truncate(base + 1 + nargs);
             self.calls[f].pc = 0;
             return true;
         }
@@ -2564,32 +2597,44 @@ impl Vm {
                             None => prim_rest!(op, form),
                         }
                     }
+                    // Formals are read field by field in the fast paths:
+                    // a tail call has just stored them a word at a time.
                     Op::PrimLocalNum(op, slot, k) => {
-                        let a = self.stack[fp + slot as usize];
-                        if self.prim_intact[op as usize] {
-                            if let Value::Num(x) = a {
-                                if let Some(v) = prim_numbers(op, x, k as i64) {
+                        if let Value::Num(x) = &self.stack[fp + slot as usize] {
+                            if self.prim_intact[op as usize] {
+                                if let Some(v) = prim_numbers(op, *x, k as i64) {
                                     self.stack.push(v);
                                     continue;
                                 }
                             }
                         }
+                        let a = self.stack[fp + slot as usize];
                         prim_call!(op, a, Value::Num(k as i64));
                     }
                     Op::TestLocalNum(op, slot, k, target) => {
-                        let a = self.stack[fp + slot as usize];
-                        if self.prim_intact[op as usize] {
-                            if let Value::Num(x) = a {
-                                if let Some(holds) = compare_numbers(op, x, k as i64) {
+                        if let Value::Num(x) = &self.stack[fp + slot as usize] {
+                            if self.prim_intact[op as usize] {
+                                if let Some(holds) = compare_numbers(op, *x, k as i64) {
                                     // The `JumpIfFalse` that follows, done here.
                                     pc = if holds { pc + 1 } else { target as usize };
                                     continue;
                                 }
                             }
                         }
+                        let a = self.stack[fp + slot as usize];
                         prim_call!(op, a, Value::Num(k as i64));
                     }
                     Op::PrimLocals(op, x, y) => {
+                        if let (Value::Num(x), Value::Num(y)) =
+                            (&self.stack[fp + x as usize], &self.stack[fp + y as usize])
+                        {
+                            if self.prim_intact[op as usize] {
+                                if let Some(v) = prim_numbers(op, *x, *y) {
+                                    self.stack.push(v);
+                                    continue;
+                                }
+                            }
+                        }
                         let (a, b) = (self.stack[fp + x as usize], self.stack[fp + y as usize]);
                         if self.prim_intact[op as usize] {
                             if let (Value::Num(x), Value::Num(y)) = (a, b) {
@@ -2610,6 +2655,17 @@ impl Vm {
                         prim_call!(op, a, b);
                     }
                     Op::TestLocals(op, x, y, target) => {
+                        if let (Value::Num(x), Value::Num(y)) =
+                            (&self.stack[fp + x as usize], &self.stack[fp + y as usize])
+                        {
+                            if self.prim_intact[op as usize] {
+                                if let Some(holds) = compare_numbers(op, *x, *y) {
+                                    // The `JumpIfFalse` that follows, done here.
+                                    pc = if holds { pc + 1 } else { target as usize };
+                                    continue;
+                                }
+                            }
+                        }
                         let (a, b) = (self.stack[fp + x as usize], self.stack[fp + y as usize]);
                         if self.prim_intact[op as usize] {
                             let holds = match (a, b) {
@@ -2804,15 +2860,15 @@ impl Vm {
                     }
                     Op::IfTestLocalNum(op, slot, k, target, g) => {
                         if self.intact_forms[if_slot] {
-                            let a = self.stack[fp + slot as usize];
-                            if self.prim_intact[op as usize] {
-                                if let Value::Num(x) = a {
-                                    if let Some(holds) = compare_numbers(op, x, k as i64) {
+                            if let Value::Num(x) = &self.stack[fp + slot as usize] {
+                                if self.prim_intact[op as usize] {
+                                    if let Some(holds) = compare_numbers(op, *x, k as i64) {
                                         pc = if holds { pc + 1 } else { target as usize };
                                         continue;
                                     }
                                 }
                             }
+                            let a = self.stack[fp + slot as usize];
                             prim_call!(op, a, Value::Num(k as i64));
                         }
                         need_env!();
@@ -2828,6 +2884,16 @@ impl Vm {
                     }
                     Op::IfTestLocals(op, x, y, target, g) => {
                         if self.intact_forms[if_slot] {
+                            if let (Value::Num(x), Value::Num(y)) =
+                                (&self.stack[fp + x as usize], &self.stack[fp + y as usize])
+                            {
+                                if self.prim_intact[op as usize] {
+                                    if let Some(holds) = compare_numbers(op, *x, *y) {
+                                        pc = if holds { pc + 1 } else { target as usize };
+                                        continue;
+                                    }
+                                }
+                            }
                             let (a, b) = (self.stack[fp + x as usize], self.stack[fp + y as usize]);
                             if self.prim_intact[op as usize] {
                                 let holds = match (a, b) {
@@ -2907,6 +2973,36 @@ impl Vm {
                 }
                 self.stack.push(value);
                 continue 'frame;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_move_down_whole() {
+        let mut heap = Heap::new(1 << 20);
+        let list = heap.qlist(&[Value::Num(7)]);
+        let values = [
+            Value::Num(-3),
+            Value::Float(2.5),
+            Value::Sym(Sym(9)),
+            list,
+            Value::Nil,
+            Value::Builtin(4),
+        ];
+        for by in 1..values.len() {
+            let mut stack = values.to_vec();
+            move_values_down(&mut stack, by);
+            for (i, v) in stack[..values.len() - by].iter().enumerate() {
+                assert!(v.same(values[i + by]), "by {}: slot {}", by, i);
+            }
+            for (i, v) in stack[values.len() - by..].iter().enumerate() {
+                let j = values.len() - by + i;
+                assert!(v.same(values[j]), "by {}: slot {} untouched", by, j);
             }
         }
     }
