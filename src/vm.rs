@@ -89,56 +89,6 @@ struct Frame {
     self_fn: Option<Gc>,
 }
 
-/// Pushes the frame of a call whose `nargs` formals are on the value stack
-/// above `base`, with no scope yet (see `Vm::push_lazy_frame`), with the
-/// growth of the frame stack out of line.
-///
-/// The frame is written field by field straight into its slot. Built
-/// whole on the native stack first (as the code generator does with a
-/// `Frame` value), it was copied in 16-byte pieces that straddled the
-/// smaller stores of its fields, which the processor cannot forward to the
-/// loads: a stall of a dozen cycles or more on every call.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn push_frame(
-    calls: &mut Vec<Frame>,
-    code: Rc<Proto>,
-    base: usize,
-    nargs: usize,
-    span: Span,
-    name: Option<Sym>,
-    lambda_env: Env,
-    caller: Caller,
-    self_fn: Option<Gc>,
-) {
-    if calls.len() == calls.capacity() {
-        grow_frames(calls);
-    }
-    let len = calls.len();
-    // SAFETY: `len < capacity` (just ensured), so the slot at `len` is
-    // allocated and unused. Each field of it is written exactly once
-    // through a raw pointer (no reference to the uninitialized slot is
-    // made, and nothing is read or dropped), so after the writes the slot
-    // holds a whole, valid `Frame`; `set_len(len + 1)` then counts it, and
-    // the Vec owns it.
-    unsafe {
-        let slot = calls.as_mut_ptr().add(len);
-        std::ptr::addr_of_mut!((*slot).code).write(code);
-        std::ptr::addr_of_mut!((*slot).pc).write(0);
-        std::ptr::addr_of_mut!((*slot).env).write(None);
-        std::ptr::addr_of_mut!((*slot).base).write(base);
-        std::ptr::addr_of_mut!((*slot).fp).write(base + 1);
-        std::ptr::addr_of_mut!((*slot).top).write(base + 1 + nargs);
-        std::ptr::addr_of_mut!((*slot).act).write(Some(Activation::default()));
-        std::ptr::addr_of_mut!((*slot).span).write(span);
-        std::ptr::addr_of_mut!((*slot).name).write(name);
-        std::ptr::addr_of_mut!((*slot).lambda_env).write(lambda_env);
-        std::ptr::addr_of_mut!((*slot).caller).write(caller);
-        std::ptr::addr_of_mut!((*slot).self_fn).write(self_fn);
-        calls.set_len(len + 1);
-    }
-}
-
 /// Moves the last `values.len() - by` values of `values` to its start
 /// (`by > 0`), one 8-byte word at a time.
 ///
@@ -1803,6 +1753,13 @@ impl Vm {
 
     /// Pushes the frame of a call whose `nargs` formals are on the stack
     /// above `base`, with no scope yet, and reaches a safe point.
+    /// The growth of the frame stack is out of line.
+    ///
+    /// The frame is written field by field straight into its slot. Built
+    /// whole on the native stack first (as the code generator does with a
+    /// `Frame` value), it was copied in 16-byte pieces that straddled the
+    /// smaller stores of its fields, which the processor cannot forward to the
+    /// loads: a stall of a dozen cycles or more on every call.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn push_lazy_frame(
@@ -1817,17 +1774,32 @@ impl Vm {
         self_fn: Option<Gc>,
     ) -> Result<Option<Value>, Gc> {
         self.depth += 1;
-        push_frame(
-            &mut self.calls,
-            code,
-            base,
-            nargs,
-            span,
-            name,
-            lambda_env,
-            caller,
-            self_fn,
-        );
+        if self.calls.len() == self.calls.capacity() {
+            grow_frames(&mut self.calls);
+        }
+        let len = self.calls.len();
+        // SAFETY: `len < capacity` (just ensured), so the slot at `len` is
+        // allocated and unused. Each field of it is written exactly once
+        // through a raw pointer (no reference to the uninitialized slot is
+        // made, and nothing is read or dropped), so after the writes the slot
+        // holds a whole, valid `Frame`; `set_len(len + 1)` then counts it, and
+        // the Vec owns it.
+        unsafe {
+            let slot = self.calls.as_mut_ptr().add(len);
+            std::ptr::addr_of_mut!((*slot).code).write(code);
+            std::ptr::addr_of_mut!((*slot).pc).write(0);
+            std::ptr::addr_of_mut!((*slot).env).write(None);
+            std::ptr::addr_of_mut!((*slot).base).write(base);
+            std::ptr::addr_of_mut!((*slot).fp).write(base + 1);
+            std::ptr::addr_of_mut!((*slot).top).write(base + 1 + nargs);
+            std::ptr::addr_of_mut!((*slot).act).write(Some(Activation::default()));
+            std::ptr::addr_of_mut!((*slot).span).write(span);
+            std::ptr::addr_of_mut!((*slot).name).write(name);
+            std::ptr::addr_of_mut!((*slot).lambda_env).write(lambda_env);
+            std::ptr::addr_of_mut!((*slot).caller).write(caller);
+            std::ptr::addr_of_mut!((*slot).self_fn).write(self_fn);
+            self.calls.set_len(len + 1);
+        }
         self.safe_point()?;
         Ok(None)
     }
@@ -2510,6 +2482,76 @@ impl Vm {
             }
             let code = &proto.code;
             let ops = &*code.ops;
+            // An inlined form whose name no longer holds its builtin
+            // (guard `$g`): its source runs as an ordinary call.
+            macro_rules! rebound {
+                ($g:expr) => {{
+                    need_env!();
+                    match self.run_rebound_form(f, &code.guards[$g as usize], env) {
+                        Ok(Some((v, end))) => {
+                            self.stack.push(v);
+                            pc = end;
+                        }
+                        Ok(None) => continue 'frame,
+                        Err(e) => throw!(e),
+                    }
+                    continue;
+                }};
+            }
+            // `TestLocalNum`: formals are read field by field in the fast
+            // paths, as a tail call has just stored them a word at a time.
+            macro_rules! test_local_num {
+                ($op:expr, $slot:expr, $k:expr, $target:expr) => {{
+                    let (op, slot, k, target) = ($op, $slot, $k, $target);
+                    if let Value::Num(x) = &self.stack[fp + slot as usize] {
+                        if self.prim_intact[op as usize] {
+                            if let Some(holds) = compare_numbers(op, *x, k as i64) {
+                                // The `JumpIfFalse` that follows, done here.
+                                pc = if holds { pc + 1 } else { target as usize };
+                                continue;
+                            }
+                        }
+                    }
+                    let a = self.stack[fp + slot as usize];
+                    prim_call!(op, a, Value::Num(k as i64));
+                }};
+            }
+            // `TestLocals`.
+            macro_rules! test_locals {
+                ($op:expr, $x:expr, $y:expr, $target:expr) => {{
+                    let (op, x, y, target) = ($op, $x, $y, $target);
+                    if let (Value::Num(x), Value::Num(y)) =
+                        (&self.stack[fp + x as usize], &self.stack[fp + y as usize])
+                    {
+                        if self.prim_intact[op as usize] {
+                            if let Some(holds) = compare_numbers(op, *x, *y) {
+                                // The `JumpIfFalse` that follows, done here.
+                                pc = if holds { pc + 1 } else { target as usize };
+                                continue;
+                            }
+                        }
+                    }
+                    let (a, b) = (self.stack[fp + x as usize], self.stack[fp + y as usize]);
+                    if self.prim_intact[op as usize] {
+                        let holds = match (a, b) {
+                            (Value::Num(x), Value::Num(y)) => compare_numbers(op, x, y),
+                            _ if matches!(op, PrimOp::Eq | PrimOp::Ne) => {
+                                match self.equal_counted(a, b, proto.code.spans[pc - 1]) {
+                                    Ok(same) => Some(same == (op == PrimOp::Eq)),
+                                    Err(e) => throw!(e),
+                                }
+                            }
+                            _ => None,
+                        };
+                        if let Some(holds) = holds {
+                            // The `JumpIfFalse` that follows, done here.
+                            pc = if holds { pc + 1 } else { target as usize };
+                            continue;
+                        }
+                    }
+                    prim_call!(op, a, b);
+                }};
+            }
             loop {
                 let op = &ops[pc];
                 pc += 1;
@@ -2611,19 +2653,7 @@ impl Vm {
                         let a = self.stack[fp + slot as usize];
                         prim_call!(op, a, Value::Num(k as i64));
                     }
-                    Op::TestLocalNum(op, slot, k, target) => {
-                        if let Value::Num(x) = &self.stack[fp + slot as usize] {
-                            if self.prim_intact[op as usize] {
-                                if let Some(holds) = compare_numbers(op, *x, k as i64) {
-                                    // The `JumpIfFalse` that follows, done here.
-                                    pc = if holds { pc + 1 } else { target as usize };
-                                    continue;
-                                }
-                            }
-                        }
-                        let a = self.stack[fp + slot as usize];
-                        prim_call!(op, a, Value::Num(k as i64));
-                    }
+                    Op::TestLocalNum(op, slot, k, target) => test_local_num!(op, slot, k, target),
                     Op::PrimLocals(op, x, y) => {
                         if let (Value::Num(x), Value::Num(y)) =
                             (&self.stack[fp + x as usize], &self.stack[fp + y as usize])
@@ -2654,38 +2684,7 @@ impl Vm {
                         }
                         prim_call!(op, a, b);
                     }
-                    Op::TestLocals(op, x, y, target) => {
-                        if let (Value::Num(x), Value::Num(y)) =
-                            (&self.stack[fp + x as usize], &self.stack[fp + y as usize])
-                        {
-                            if self.prim_intact[op as usize] {
-                                if let Some(holds) = compare_numbers(op, *x, *y) {
-                                    // The `JumpIfFalse` that follows, done here.
-                                    pc = if holds { pc + 1 } else { target as usize };
-                                    continue;
-                                }
-                            }
-                        }
-                        let (a, b) = (self.stack[fp + x as usize], self.stack[fp + y as usize]);
-                        if self.prim_intact[op as usize] {
-                            let holds = match (a, b) {
-                                (Value::Num(x), Value::Num(y)) => compare_numbers(op, x, y),
-                                _ if matches!(op, PrimOp::Eq | PrimOp::Ne) => {
-                                    match self.equal_counted(a, b, code.spans[pc - 1]) {
-                                        Ok(same) => Some(same == (op == PrimOp::Eq)),
-                                        Err(e) => throw!(e),
-                                    }
-                                }
-                                _ => None,
-                            };
-                            if let Some(holds) = holds {
-                                // The `JumpIfFalse` that follows, done here.
-                                pc = if holds { pc + 1 } else { target as usize };
-                                continue;
-                            }
-                        }
-                        prim_call!(op, a, b);
-                    }
+                    Op::TestLocals(op, x, y, target) => test_locals!(op, x, y, target),
                     Op::JumpIfFalse(target, cond) => {
                         match self.stack.pop() {
                             Some(Value::Num(0)) => pc = target as usize,
@@ -2847,82 +2846,19 @@ impl Vm {
                         if self.intact_forms[(form.0 & 127) as usize] {
                             continue;
                         }
-                        need_env!();
-                        match self.run_rebound_form(f, &code.guards[i as usize], env) {
-                            Ok(Some((v, end))) => {
-                                self.stack.push(v);
-                                pc = end;
-                            }
-                            Ok(None) => continue 'frame,
-                            Err(e) => throw!(e),
-                        }
-                        continue;
+                        rebound!(i)
                     }
                     Op::IfTestLocalNum(op, slot, k, target, g) => {
                         if self.intact_forms[if_slot] {
-                            if let Value::Num(x) = &self.stack[fp + slot as usize] {
-                                if self.prim_intact[op as usize] {
-                                    if let Some(holds) = compare_numbers(op, *x, k as i64) {
-                                        pc = if holds { pc + 1 } else { target as usize };
-                                        continue;
-                                    }
-                                }
-                            }
-                            let a = self.stack[fp + slot as usize];
-                            prim_call!(op, a, Value::Num(k as i64));
+                            test_local_num!(op, slot, k, target)
                         }
-                        need_env!();
-                        match self.run_rebound_form(f, &code.guards[g as usize], env) {
-                            Ok(Some((v, end))) => {
-                                self.stack.push(v);
-                                pc = end;
-                            }
-                            Ok(None) => continue 'frame,
-                            Err(e) => throw!(e),
-                        }
-                        continue;
+                        rebound!(g)
                     }
                     Op::IfTestLocals(op, x, y, target, g) => {
                         if self.intact_forms[if_slot] {
-                            if let (Value::Num(x), Value::Num(y)) =
-                                (&self.stack[fp + x as usize], &self.stack[fp + y as usize])
-                            {
-                                if self.prim_intact[op as usize] {
-                                    if let Some(holds) = compare_numbers(op, *x, *y) {
-                                        pc = if holds { pc + 1 } else { target as usize };
-                                        continue;
-                                    }
-                                }
-                            }
-                            let (a, b) = (self.stack[fp + x as usize], self.stack[fp + y as usize]);
-                            if self.prim_intact[op as usize] {
-                                let holds = match (a, b) {
-                                    (Value::Num(x), Value::Num(y)) => compare_numbers(op, x, y),
-                                    _ if matches!(op, PrimOp::Eq | PrimOp::Ne) => {
-                                        match self.equal_counted(a, b, code.spans[pc - 1]) {
-                                            Ok(same) => Some(same == (op == PrimOp::Eq)),
-                                            Err(e) => throw!(e),
-                                        }
-                                    }
-                                    _ => None,
-                                };
-                                if let Some(holds) = holds {
-                                    pc = if holds { pc + 1 } else { target as usize };
-                                    continue;
-                                }
-                            }
-                            prim_call!(op, a, b);
+                            test_locals!(op, x, y, target)
                         }
-                        need_env!();
-                        match self.run_rebound_form(f, &code.guards[g as usize], env) {
-                            Ok(Some((v, end))) => {
-                                self.stack.push(v);
-                                pc = end;
-                            }
-                            Ok(None) => continue 'frame,
-                            Err(e) => throw!(e),
-                        }
-                        continue;
+                        rebound!(g)
                     }
                     Op::EvalHead(end) => {
                         let n = self.stack.len();
