@@ -228,8 +228,8 @@ pub struct Vm {
     /// Bit `i`: the inlined form named by symbol `i` still holds its builtin.
     intact_forms: [bool; 128],
     /// `intact_forms` of each `PrimOp`'s name, by `PrimOp`.
-    prim_intact: [bool; PrimOp::ALL.len()],
-    /// Bit `op as usize` set when `prim_intact[op]` is false.
+    /// Bit `op as usize` set when the name of that `PrimOp` no longer
+    /// holds its builtin (see `prim_holds`).
     prims_broken: u16,
     /// Calls left before the interrupt flag and the step budget are looked
     /// at again (checking them on every call costs more than the call).
@@ -293,7 +293,6 @@ impl Vm {
             depth: 0,
             max_depth: DEFAULT_MAX_DEPTH,
             intact_forms: [false; 128],
-            prim_intact: [false; PrimOp::ALL.len()],
             prims_broken: (1 << PrimOp::ALL.len()) - 1,
             fuel: 1,
             max_heap: std::env::var("VALK_MAX_HEAP_MB")
@@ -866,7 +865,6 @@ impl Vm {
         };
         self.intact_forms[(sym.0 & 127) as usize] = holds;
         if let Some(&(_, _, op)) = self.forms.prims.iter().find(|p| p.0 == sym) {
-            self.prim_intact[op as usize] = holds;
             let bit = 1 << op as u16;
             if holds {
                 self.prims_broken &= !bit;
@@ -874,6 +872,13 @@ impl Vm {
                 self.prims_broken |= bit;
             }
         }
+    }
+
+    /// Whether `op`'s name still holds its builtin (its inline fast path
+    /// may be used).
+    #[inline(always)]
+    fn prim_holds(&self, op: PrimOp) -> bool {
+        self.prims_broken & (1 << op as u16) == 0
     }
 
     fn exec_generic<T>(&mut self, node: &Inline<T>, env: Env, tail: bool) -> Result<Flow, Gc> {
@@ -2193,9 +2198,8 @@ impl Vm {
         let nargs = self.stack.len() - callee - 1;
         if frame.self_fn == Some(g) && frame.top - frame.fp == nargs {
             // The very lambda the frame was entered with, and as many
-            // arguments: nothing to look up.
-            // The function below them is that lambda already: only the
-            // arguments move down.
+            // arguments: nothing to look up, and the function below them
+            // is that lambda already, so only the arguments move down.
             let base = frame.base;
             move_values_down(&mut self.stack[base + 1..=callee + nargs], callee - base);
             self.stack.truncate(base + 1 + nargs);
@@ -2431,7 +2435,7 @@ impl Vm {
                 let (op, form) = ($op, $form);
                 let n = self.stack.len();
                 let (a, b) = (self.stack[n - 2], self.stack[n - 1]);
-                if self.prim_intact[op as usize] {
+                if self.prim_holds(op) {
                     let fast = match (a, b) {
                         (Value::Num(x), Value::Num(y)) => prim_numbers(op, x, y),
                         // Structural equality of any two values, as the
@@ -2504,7 +2508,7 @@ impl Vm {
                 ($op:expr, $slot:expr, $k:expr, $target:expr) => {{
                     let (op, slot, k, target) = ($op, $slot, $k, $target);
                     if let Value::Num(x) = &self.stack[fp + slot as usize] {
-                        if self.prim_intact[op as usize] {
+                        if self.prim_holds(op) {
                             if let Some(holds) = compare_numbers(op, *x, k as i64) {
                                 // The `JumpIfFalse` that follows, done here.
                                 pc = if holds { pc + 1 } else { target as usize };
@@ -2523,7 +2527,7 @@ impl Vm {
                     if let (Value::Num(x), Value::Num(y)) =
                         (&self.stack[fp + x as usize], &self.stack[fp + y as usize])
                     {
-                        if self.prim_intact[op as usize] {
+                        if self.prim_holds(op) {
                             if let Some(holds) = compare_numbers(op, *x, *y) {
                                 // The `JumpIfFalse` that follows, done here.
                                 pc = if holds { pc + 1 } else { target as usize };
@@ -2532,7 +2536,7 @@ impl Vm {
                         }
                     }
                     let (a, b) = (self.stack[fp + x as usize], self.stack[fp + y as usize]);
-                    if self.prim_intact[op as usize] {
+                    if self.prim_holds(op) {
                         let holds = match (a, b) {
                             (Value::Num(x), Value::Num(y)) => compare_numbers(op, x, y),
                             _ if matches!(op, PrimOp::Eq | PrimOp::Ne) => {
@@ -2613,7 +2617,7 @@ impl Vm {
                         if let (Value::Num(x), Value::Num(y)) =
                             (&self.stack[n - 2], &self.stack[n - 1])
                         {
-                            if self.prim_intact[op as usize] {
+                            if self.prim_holds(op) {
                                 if let Some(v) = prim_numbers(op, *x, *y) {
                                     self.stack.truncate(n - 1);
                                     self.stack[n - 2] = v;
@@ -2626,7 +2630,7 @@ impl Vm {
                     Op::PrimReturn(op, form) => {
                         let n = self.stack.len();
                         let fast = match (&self.stack[n - 2], &self.stack[n - 1]) {
-                            (Value::Num(x), Value::Num(y)) if self.prim_intact[op as usize] => {
+                            (Value::Num(x), Value::Num(y)) if self.prim_holds(op) => {
                                 prim_numbers(op, *x, *y)
                             }
                             _ => None,
@@ -2643,7 +2647,7 @@ impl Vm {
                     // a tail call has just stored them a word at a time.
                     Op::PrimLocalNum(op, slot, k) => {
                         if let Value::Num(x) = &self.stack[fp + slot as usize] {
-                            if self.prim_intact[op as usize] {
+                            if self.prim_holds(op) {
                                 if let Some(v) = prim_numbers(op, *x, k as i64) {
                                     self.stack.push(v);
                                     continue;
@@ -2658,7 +2662,7 @@ impl Vm {
                         if let (Value::Num(x), Value::Num(y)) =
                             (&self.stack[fp + x as usize], &self.stack[fp + y as usize])
                         {
-                            if self.prim_intact[op as usize] {
+                            if self.prim_holds(op) {
                                 if let Some(v) = prim_numbers(op, *x, *y) {
                                     self.stack.push(v);
                                     continue;
@@ -2666,7 +2670,7 @@ impl Vm {
                             }
                         }
                         let (a, b) = (self.stack[fp + x as usize], self.stack[fp + y as usize]);
-                        if self.prim_intact[op as usize] {
+                        if self.prim_holds(op) {
                             if let (Value::Num(x), Value::Num(y)) = (a, b) {
                                 if let Some(v) = prim_numbers(op, x, y) {
                                     self.stack.push(v);
