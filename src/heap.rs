@@ -61,10 +61,40 @@ pub struct Cons {
 
 /// A lambda: compiled prototype, the scope it was created in and the
 /// arguments already bound by partial application.
+///
+/// Held in the object table itself, not boxed: a call reads the lambda,
+/// and whether it may be entered directly, in one load from the table.
 pub struct Lambda {
     pub proto: Rc<Proto>,
     pub env: Env,
-    pub bound: Vec<Value>,
+    /// The number of formals when a call with that many arguments binds
+    /// them as they are (no bound arguments, no rest formal);
+    /// `Lambda::NOT_DIRECT` otherwise.
+    pub direct: u16,
+    /// Whether the body is a `Shape::General` one (run in a frame).
+    pub general: bool,
+    pub bound: Box<[Value]>,
+}
+
+impl Lambda {
+    pub const NOT_DIRECT: u16 = u16::MAX;
+
+    pub fn new(proto: Rc<Proto>, env: Env, bound: Box<[Value]>) -> Lambda {
+        let direct = match (bound.is_empty(), &proto.rest) {
+            (true, None) if proto.formals.len() < usize::from(Lambda::NOT_DIRECT) => {
+                proto.formals.len() as u16
+            }
+            _ => Lambda::NOT_DIRECT,
+        };
+        let general = proto.code.shape == crate::lower::Shape::General;
+        Lambda {
+            proto,
+            env,
+            direct,
+            general,
+            bound,
+        }
+    }
 }
 
 /// A scope: bindings plus its lexical parent. Scopes made by a call (frames)
@@ -98,11 +128,14 @@ pub trait HostObject: Any {
     fn as_any(&self) -> &dyn Any;
 }
 
+// A lambda held in the table makes an object no larger than a cons does.
+const _: () = assert!(std::mem::size_of::<Object>() == 40);
+
 pub enum Object {
     Free(Option<Gc>),
     Cons(Cons),
     Str(Box<str>),
-    Lambda(Box<Lambda>),
+    Lambda(Lambda),
     Scope(Box<Scope>),
     Error(Box<ErrorData>),
     Map(Box<Entries>),

@@ -733,10 +733,8 @@ impl Vm {
 
     pub fn make_lambda(&mut self, proto: Rc<Proto>, env: Env, bound: Vec<Value>) -> Value {
         self.capture(env);
-        Value::Lambda(
-            self.heap
-                .alloc(Object::Lambda(Box::new(Lambda { proto, env, bound }))),
-        )
+        let lambda = Lambda::new(proto, env, bound.into_boxed_slice());
+        Value::Lambda(self.heap.alloc(Object::Lambda(lambda)))
     }
 
     // ---- running ------------------------------------------------------
@@ -1582,7 +1580,7 @@ impl Vm {
         let nfixed = proto.formals.len();
         if total < nfixed {
             // Partial application: a new function with these bound.
-            let mut bound = self.heap.lambda(g).bound.clone();
+            let mut bound = self.heap.lambda(g).bound.to_vec();
             bound.extend_from_slice(&self.stack[base + 1..]);
             self.stack.truncate(base);
             return Ok(Err(self.make_lambda(proto, lambda_env, bound)));
@@ -1699,25 +1697,13 @@ impl Vm {
             };
             let lambda = self.heap.lambda(g);
             let nargs = self.stack.len() - base - 1;
-            if lambda.bound.is_empty()
-                && lambda.proto.rest.is_none()
-                && lambda.proto.formals.len() == nargs
-            {
+            if usize::from(lambda.direct) == nargs {
                 // The commonest call: a frame over the arguments as they
                 // are, no scope yet.
-                if lambda.proto.code.shape == Shape::Leaf {
-                    return self.leaf_call(g, base, caller, span, name);
+                if !lambda.general {
+                    return self.shaped_direct_call(g, base, caller, span, name);
                 }
-                let proto = lambda.proto.clone();
-                let lambda_env = lambda.env;
-                if let (Shape::Accessor(_), None, 4..) = (proto.code.shape, lambda_env, self.fuel) {
-                    if let Some(v) = self.accessor_value(&proto, base) {
-                        // The call and the two builtin calls it stands for.
-                        self.fuel -= 3;
-                        self.stack.truncate(base);
-                        return Ok(Some(v));
-                    }
-                }
+                let (proto, lambda_env) = (lambda.proto.clone(), lambda.env);
                 self.fuel -= 1;
                 return self.push_lazy_frame(
                     proto,
@@ -1734,10 +1720,11 @@ impl Vm {
         self.enter_call_slow(base, caller, span, name)
     }
 
-    /// `enter_call`'s common case for a `Shape::Leaf` lambda `g`: answered
-    /// by `run_leaf` when it can be, else run in a frame.
+    /// `enter_call`'s direct call of a lambda `g` whose body has a shape
+    /// (`Shape::Leaf`, `Shape::Accessor`): answered at the call site when
+    /// it can be (`run_leaf`, `accessor_value`), else run in a frame.
     #[inline(never)]
-    fn leaf_call(
+    fn shaped_direct_call(
         &mut self,
         g: Gc,
         base: usize,
@@ -1747,11 +1734,25 @@ impl Vm {
     ) -> Result<Option<Value>, Gc> {
         let lambda = self.heap.lambda(g);
         let (proto, lambda_env) = (lambda.proto.clone(), lambda.env);
-        self.fuel -= 1;
-        if let Some(v) = self.run_leaf(&proto.code, base) {
-            self.stack.truncate(base);
-            return Ok(Some(v));
+        match (proto.code.shape, lambda_env, self.fuel) {
+            (Shape::Leaf, _, _) => {
+                if let Some(v) = self.run_leaf(&proto.code, base) {
+                    self.fuel -= 1;
+                    self.stack.truncate(base);
+                    return Ok(Some(v));
+                }
+            }
+            (Shape::Accessor(_), None, 4..) => {
+                if let Some(v) = self.accessor_value(&proto, base) {
+                    // The call and the two builtin calls it stands for.
+                    self.fuel -= 3;
+                    self.stack.truncate(base);
+                    return Ok(Some(v));
+                }
+            }
+            _ => {}
         }
+        self.fuel -= 1;
         let nargs = self.stack.len() - base - 1;
         self.push_lazy_frame(proto, base, nargs, span, name, lambda_env, caller, Some(g))
     }
@@ -1947,13 +1948,9 @@ impl Vm {
     #[inline(always)]
     fn call_in_place(&mut self, g: Gc, base: usize) -> Option<Value> {
         let lambda = self.heap.lambda(g);
-        if lambda.proto.code.shape == Shape::General {
-            return None;
-        }
         let nargs = self.stack.len() - base - 1;
-        if !lambda.bound.is_empty()
-            || lambda.proto.rest.is_some()
-            || lambda.proto.formals.len() != nargs
+        if lambda.general
+            || usize::from(lambda.direct) != nargs
             || self.depth >= self.max_depth
             || self.fuel <= 1
         {
@@ -2207,11 +2204,7 @@ impl Vm {
             return true;
         }
         let lambda = self.heap.lambda(g);
-        if !Rc::ptr_eq(&lambda.proto, &frame.code)
-            || !lambda.bound.is_empty()
-            || lambda.proto.rest.is_some()
-            || lambda.proto.formals.len() != nargs
-        {
+        if usize::from(lambda.direct) != nargs || !Rc::ptr_eq(&lambda.proto, &frame.code) {
             return false;
         }
         let lambda_env = lambda.env;
