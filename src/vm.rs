@@ -64,7 +64,15 @@ struct Activation {
 /// which scope. Lisp calls have an activation; top-level code and code
 /// run by `eval` from a builtin do not.
 struct Frame {
-    code: Rc<Proto>,
+    /// The code run, or `None` for a call's frame that runs the code of
+    /// the lambda at `base` (see `code_of`): a call then needs no count
+    /// of the proto's references, whose increment and decrement, a
+    /// read-modify-write of one word by every call and return of a
+    /// recursion, wait on each other.
+    code: Option<Rc<Proto>>,
+    /// Where that code is: compared with the code that was running when
+    /// the frame is returned to, never followed.
+    code_at: *const Proto,
     pc: usize,
     env: Env,
     /// Height of the value stack below this frame's values (for a call,
@@ -588,7 +596,9 @@ impl Vm {
             if let Caller::Env(Some(g)) = frame.caller {
                 self.heap.mark(g);
             }
-            for v in frame.code.constants.iter() {
+            // The lambda whose code a frame runs without holding it is
+            // marked as the value at its base.
+            for v in frame.code.iter().flat_map(|code| code.constants.iter()) {
                 self.heap.mark_value(*v);
             }
         }
@@ -760,7 +770,8 @@ impl Vm {
     pub fn run_proto(&mut self, proto: Rc<Proto>, env: Env) -> Result<Value, Gc> {
         let base = self.stack.len();
         self.calls.push(Frame {
-            code: proto,
+            code_at: Rc::as_ptr(&proto),
+            code: Some(proto),
             pc: 0,
             env,
             base,
@@ -1703,10 +1714,10 @@ impl Vm {
                 if !lambda.general {
                     return self.shaped_direct_call(g, base, caller, span, name);
                 }
-                let (proto, lambda_env) = (lambda.proto.clone(), lambda.env);
+                let (code_at, lambda_env) = (Rc::as_ptr(&lambda.proto), lambda.env);
                 self.fuel -= 1;
                 return self.push_lazy_frame(
-                    proto,
+                    code_at,
                     base,
                     nargs,
                     span,
@@ -1754,11 +1765,22 @@ impl Vm {
         }
         self.fuel -= 1;
         let nargs = self.stack.len() - base - 1;
-        self.push_lazy_frame(proto, base, nargs, span, name, lambda_env, caller, Some(g))
+        let code_at = Rc::as_ptr(&proto);
+        self.push_lazy_frame(
+            code_at,
+            base,
+            nargs,
+            span,
+            name,
+            lambda_env,
+            caller,
+            Some(g),
+        )
     }
 
-    /// Pushes the frame of a call whose `nargs` formals are on the stack
-    /// above `base`, with no scope yet, and reaches a safe point.
+    /// Pushes the frame of a call of the lambda at `base`, whose `nargs`
+    /// formals are on the stack above it, with no scope yet, and reaches a
+    /// safe point.
     /// The growth of the frame stack is out of line.
     ///
     /// The frame is written field by field straight into its slot. Built
@@ -1770,7 +1792,7 @@ impl Vm {
     #[inline(always)]
     fn push_lazy_frame(
         &mut self,
-        code: Rc<Proto>,
+        code_at: *const Proto,
         base: usize,
         nargs: usize,
         span: Span,
@@ -1792,7 +1814,8 @@ impl Vm {
         // the Vec owns it.
         unsafe {
             let slot = self.calls.as_mut_ptr().add(len);
-            std::ptr::addr_of_mut!((*slot).code).write(code);
+            std::ptr::addr_of_mut!((*slot).code).write(None);
+            std::ptr::addr_of_mut!((*slot).code_at).write(code_at);
             std::ptr::addr_of_mut!((*slot).pc).write(0);
             std::ptr::addr_of_mut!((*slot).env).write(None);
             std::ptr::addr_of_mut!((*slot).base).write(base);
@@ -1855,7 +1878,7 @@ impl Vm {
                 }
             }
             return self.push_lazy_frame(
-                proto,
+                Rc::as_ptr(&proto),
                 base,
                 nargs,
                 span,
@@ -1878,7 +1901,8 @@ impl Vm {
         self.depth += 1;
         let top = base + 1 + proto.slot_count();
         self.calls.push(Frame {
-            code: proto,
+            code_at: Rc::as_ptr(&proto),
+            code: Some(proto),
             pc: 0,
             env: Some(scope),
             base,
@@ -2068,6 +2092,25 @@ impl Vm {
         None
     }
 
+    /// The code frame `f` runs.
+    #[inline(always)]
+    fn code_of(&self, f: usize) -> &Rc<Proto> {
+        let frame = &self.calls[f];
+        match &frame.code {
+            Some(code) => code,
+            None => self.code_at_base(frame.base),
+        }
+    }
+
+    /// The code of the lambda at `base` (run by a frame without code).
+    #[inline(never)]
+    fn code_at_base(&self, base: usize) -> &Rc<Proto> {
+        match self.stack[base] {
+            Value::Lambda(g) => &self.heap.lambda(g).proto,
+            _ => unreachable!("a frame without code runs the lambda at its base"),
+        }
+    }
+
     /// Whether frame `f` is a call whose scope is not made yet.
     #[inline]
     fn is_lazy(&self, f: usize) -> bool {
@@ -2092,7 +2135,7 @@ impl Vm {
                 Caller::Frame(j) => self.calls[j].env,
             };
             let frame = &self.calls[i];
-            let proto = frame.code.clone();
+            let proto = self.code_of(i).clone();
             let (fp, lambda_env) = (frame.fp, frame.lambda_env);
             let n = proto.formals.len();
             let scope = self
@@ -2179,7 +2222,8 @@ impl Vm {
     fn switch_code(&mut self, f: usize, proto: Rc<Proto>, env: Env) {
         let frame = &mut self.calls[f];
         self.stack.truncate(frame.top);
-        frame.code = proto;
+        frame.code_at = Rc::as_ptr(&proto);
+        frame.code = Some(proto);
         frame.pc = 0;
         frame.env = env;
         // It no longer runs its lambda's code.
@@ -2204,7 +2248,7 @@ impl Vm {
             return true;
         }
         let lambda = self.heap.lambda(g);
-        if usize::from(lambda.direct) != nargs || !Rc::ptr_eq(&lambda.proto, &frame.code) {
+        if usize::from(lambda.direct) != nargs || !Rc::ptr_eq(&lambda.proto, self.code_of(f)) {
             return false;
         }
         let lambda_env = lambda.env;
@@ -2293,7 +2337,8 @@ impl Vm {
                             let frame = &mut self.calls[f];
                             frame.fp = base + 1;
                             frame.top = base + 1 + proto.slot_count();
-                            frame.code = proto;
+                            frame.code_at = Rc::as_ptr(&proto);
+                            frame.code = Some(proto);
                             frame.pc = 0;
                             frame.env = Some(scope);
                             frame.self_fn = None;
@@ -2396,7 +2441,7 @@ impl Vm {
         let mut fp;
         let mut lazy;
         // The running frame's code, held here so each op is one load away.
-        let mut proto = self.calls[self.calls.len() - 1].code.clone();
+        let mut proto = self.code_of(self.calls.len() - 1).clone();
         // Where `intact_forms` says whether `if` holds its builtin.
         let if_slot = (self.forms.if_.0 .0 & 127) as usize;
         macro_rules! throw {
@@ -2474,8 +2519,8 @@ impl Vm {
             env = self.calls[f].env;
             fp = self.calls[f].fp;
             lazy = self.is_lazy(f);
-            if !Rc::ptr_eq(&proto, &self.calls[f].code) {
-                proto = self.calls[f].code.clone();
+            if !std::ptr::eq(Rc::as_ptr(&proto), self.calls[f].code_at) {
+                proto = self.code_of(f).clone();
             }
             let code = &proto.code;
             let ops = &*code.ops;
