@@ -69,6 +69,21 @@ pub enum Op {
     /// The same for `TestLocals`.
     IfTestLocals(PrimOp, u16, u16, u32, u32),
     Jump(u32),
+    /// `Name(sym)` and the `PrimLocalNum` that always follows it, such as
+    /// the `f` and `(- n 1)` of `(f (- n 1))`, in one op: when both fast
+    /// paths hold, pushes both values and skips the `PrimLocalNum`;
+    /// otherwise does what `Name(sym)` does, and the `PrimLocalNum` runs.
+    /// (The ops it stands for stay in place, so a jump to the second one,
+    /// or any fallback, runs them as they are.)
+    NameLocalNum(Sym, PrimOp, u16, i32),
+    /// `Local(a)` and the `Local(b)` that always follows it: pushes both
+    /// and skips the `Local(b)`.
+    LocalLocal(u16, u16),
+    /// `PrimLocalNum(op, a, j)` and the `PrimLocalNum(op2, b, k)` that
+    /// always follows it, such as `(- n 1) (+ acc 1)`: when both fast
+    /// paths hold, pushes both results and skips the second; otherwise as
+    /// the first.
+    LocalNums(PrimOp, u16, i32, PrimOp, u16, i32),
     /// Drop the top value.
     Pop,
     /// Call the function below the `n` arguments on top; push its value.
@@ -161,6 +176,7 @@ pub fn lower(body: Code, forms: &SpecialForms) -> Ops {
     let shape = shape(&l.ops, forms);
     let leaf_prims = l.ops.iter().fold(0, |bits, op| match *op {
         Op::PrimLocalNum(op, ..)
+        | Op::LocalNums(op, ..)
         | Op::PrimLocals(op, ..)
         | Op::Prim(op, _)
         | Op::PrimReturn(op, _) => bits | 1 << op as u16,
@@ -195,6 +211,8 @@ fn shape(ops: &[Op], forms: &SpecialForms) -> Shape {
             op,
             Op::Const(_)
                 | Op::Local(_)
+                | Op::LocalLocal(..)
+                | Op::LocalNums(..)
                 | Op::PrimLocalNum(..)
                 | Op::PrimLocals(..)
                 | Op::Prim(..)
@@ -214,6 +232,23 @@ pub const LEAF_OPS: usize = 16;
 
 impl Lowerer<'_> {
     fn emit(&mut self, op: Op, span: Span) -> usize {
+        // Two pushes in a row: the first becomes the op that does both.
+        let fused = match (self.ops.last(), &op) {
+            (Some(&Op::Name(sym)), &Op::PrimLocalNum(o, slot, k)) => {
+                Some(Op::NameLocalNum(sym, o, slot, k))
+            }
+            (Some(&Op::Local(a)), &Op::Local(b)) => match (u16::try_from(a), u16::try_from(b)) {
+                (Ok(a), Ok(b)) => Some(Op::LocalLocal(a, b)),
+                _ => None,
+            },
+            (Some(&Op::PrimLocalNum(o, a, j)), &Op::PrimLocalNum(o2, b, k)) => {
+                Some(Op::LocalNums(o, a, j, o2, b, k))
+            }
+            _ => None,
+        };
+        if let (Some(fused), Some(last)) = (fused, self.ops.last_mut()) {
+            *last = fused;
+        }
         self.ops.push(op);
         self.spans.push(span);
         self.ops.len() - 1
@@ -287,15 +322,27 @@ impl Lowerer<'_> {
             )
         };
         let last = self.ops.len() - 1;
-        match self.ops[last] {
-            Op::PrimLocalNum(op, slot, k) if comparison(op) => {
-                self.ops[last] = Op::TestLocalNum(op, slot, k, 0);
-            }
-            Op::PrimLocals(op, a, b) if comparison(op) => {
-                self.ops[last] = Op::TestLocals(op, a, b, 0);
-            }
-            _ => {}
+        let test = match self.ops[last] {
+            Op::PrimLocalNum(op, slot, k) if comparison(op) => Op::TestLocalNum(op, slot, k, 0),
+            Op::PrimLocals(op, a, b) if comparison(op) => Op::TestLocals(op, a, b, 0),
+            _ => return,
+        };
+        self.ops[last] = test;
+        // The op before no longer stands for a push and this one.
+        if let Some(before) = last.checked_sub(1) {
+            self.unfuse(before);
         }
+    }
+
+    /// Turns a fused push at `at` back into the first op it stands for.
+    fn unfuse(&mut self, at: usize) {
+        let op = &mut self.ops[at];
+        *op = match *op {
+            Op::NameLocalNum(sym, ..) => Op::Name(sym),
+            Op::LocalLocal(a, _) => Op::Local(a.into()),
+            Op::LocalNums(o, a, j, ..) => Op::PrimLocalNum(o, a, j),
+            _ => return,
+        };
     }
 
     /// When the condition after `if`'s guard (at `at`, guard `g`) is a

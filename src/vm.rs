@@ -2075,6 +2075,8 @@ impl Vm {
                     continue;
                 }
                 Op::PrimLocalNum(op, slot, k) => (op, num(formals[slot as usize])?, k as i64),
+                // Fused pushes: the ops they stand for follow.
+                Op::LocalLocal(..) | Op::LocalNums(..) => continue,
                 Op::PrimLocals(op, a, b) => {
                     (op, num(formals[a as usize])?, num(formals[b as usize])?)
                 }
@@ -2540,6 +2542,68 @@ impl Vm {
                     continue;
                 }};
             }
+            // A name's value when it is a global read from a function
+            // defined at top level with no scope yet (dynamic fallback
+            // cannot find it sooner); `None` when `name_slow!` must look.
+            macro_rules! global_fast {
+                ($sym:expr) => {{
+                    match self.globals.get($sym.index()) {
+                        Some(Some(v)) if lazy && self.calls[f].lambda_env.is_none() => Some(*v),
+                        _ => None,
+                    }
+                }};
+            }
+            // `Name` past `global_fast!`: pushes the value or throws.
+            macro_rules! name_slow {
+                ($sym:expr) => {{
+                    let sym = $sym;
+                    let span = code.spans[pc - 1];
+                    let found = if lazy {
+                        // A function defined at top level: its free names
+                        // are globals unless dynamic fallback finds them.
+                        match self.calls[f].lambda_env {
+                            None => match self.globals.get(sym.index()) {
+                                Some(Some(v)) => Ok(*v),
+                                _ => {
+                                    let found = self.lookup_lazy(f, sym, span);
+                                    lazy = self.is_lazy(f);
+                                    env = self.calls[f].env;
+                                    found
+                                }
+                            },
+                            Some(_) => {
+                                let found = self.lookup_lazy(f, sym, span);
+                                lazy = self.is_lazy(f);
+                                env = self.calls[f].env;
+                                found
+                            }
+                        }
+                    } else {
+                        self.lookup(sym, env, span)
+                    };
+                    match found {
+                        Ok(v) => self.stack.push(v),
+                        Err(e) => throw!(e),
+                    }
+                    continue;
+                }};
+            }
+            // `PrimLocalNum`.
+            macro_rules! prim_local_num {
+                ($op:expr, $slot:expr, $k:expr) => {{
+                    let (op, slot, k) = ($op, $slot, $k);
+                    if let Value::Num(x) = &self.stack[fp + slot as usize] {
+                        if self.prim_holds(op) {
+                            if let Some(v) = prim_numbers(op, *x, k as i64) {
+                                self.stack.push(v);
+                                continue;
+                            }
+                        }
+                    }
+                    let a = self.stack[fp + slot as usize];
+                    prim_call!(op, a, Value::Num(k as i64));
+                }};
+            }
             // `TestLocalNum`: formals are read field by field in the fast
             // paths, as a tail call has just stored them a word at a time.
             macro_rules! test_local_num {
@@ -2609,43 +2673,56 @@ impl Vm {
                         continue;
                     }
                     Op::Name(sym) => {
-                        // A function defined at top level, with no scope yet:
-                        // a global, unless dynamic fallback must look further.
-                        if lazy && self.calls[f].lambda_env.is_none() {
-                            if let Some(Some(v)) = self.globals.get(sym.index()) {
-                                self.stack.push(*v);
-                                continue;
-                            }
+                        if let Some(v) = global_fast!(sym) {
+                            self.stack.push(v);
+                            continue;
                         }
-                        let span = code.spans[pc - 1];
-                        let found = if lazy {
-                            // A function defined at top level: its free names
-                            // are globals unless dynamic fallback finds them.
-                            match self.calls[f].lambda_env {
-                                None => match self.globals.get(sym.index()) {
-                                    Some(Some(v)) => Ok(*v),
-                                    _ => {
-                                        let found = self.lookup_lazy(f, sym, span);
-                                        lazy = self.is_lazy(f);
-                                        env = self.calls[f].env;
-                                        found
+                        name_slow!(sym)
+                    }
+                    Op::NameLocalNum(sym, op, slot, k) => {
+                        if let Some(v) = global_fast!(sym) {
+                            if let Value::Num(x) = &self.stack[fp + slot as usize] {
+                                if self.prim_holds(op) {
+                                    if let Some(r) = prim_numbers(op, *x, k as i64) {
+                                        self.stack.push(v);
+                                        self.stack.push(r);
+                                        // The `PrimLocalNum` that follows, done.
+                                        pc += 1;
+                                        continue;
                                     }
-                                },
-                                Some(_) => {
-                                    let found = self.lookup_lazy(f, sym, span);
-                                    lazy = self.is_lazy(f);
-                                    env = self.calls[f].env;
-                                    found
                                 }
                             }
-                        } else {
-                            self.lookup(sym, env, span)
-                        };
-                        match found {
-                            Ok(v) => self.stack.push(v),
-                            Err(e) => throw!(e),
+                            self.stack.push(v);
+                            continue;
                         }
+                        name_slow!(sym)
+                    }
+                    Op::LocalLocal(a, b) => {
+                        let (x, y) = (self.stack[fp + a as usize], self.stack[fp + b as usize]);
+                        self.stack.push(x);
+                        self.stack.push(y);
+                        // The `Local(b)` that follows, done.
+                        pc += 1;
                         continue;
+                    }
+                    Op::LocalNums(op, a, j, op2, b, k) => {
+                        if let (Value::Num(x), Value::Num(y)) =
+                            (&self.stack[fp + a as usize], &self.stack[fp + b as usize])
+                        {
+                            if self.prim_holds(op) && self.prim_holds(op2) {
+                                if let (Some(v), Some(w)) = (
+                                    prim_numbers(op, *x, j as i64),
+                                    prim_numbers(op2, *y, k as i64),
+                                ) {
+                                    self.stack.push(v);
+                                    self.stack.push(w);
+                                    // The `PrimLocalNum` that follows, done.
+                                    pc += 1;
+                                    continue;
+                                }
+                            }
+                        }
+                        prim_local_num!(op, a, j)
                     }
                     Op::Prim(op, form) => {
                         let n = self.stack.len();
@@ -2683,18 +2760,7 @@ impl Vm {
                     }
                     // Formals are read field by field in the fast paths:
                     // a tail call has just stored them a word at a time.
-                    Op::PrimLocalNum(op, slot, k) => {
-                        if let Value::Num(x) = &self.stack[fp + slot as usize] {
-                            if self.prim_holds(op) {
-                                if let Some(v) = prim_numbers(op, *x, k as i64) {
-                                    self.stack.push(v);
-                                    continue;
-                                }
-                            }
-                        }
-                        let a = self.stack[fp + slot as usize];
-                        prim_call!(op, a, Value::Num(k as i64));
-                    }
+                    Op::PrimLocalNum(op, slot, k) => prim_local_num!(op, slot, k),
                     Op::TestLocalNum(op, slot, k, target) => test_local_num!(op, slot, k, target),
                     Op::PrimLocals(op, x, y) => {
                         if let (Value::Num(x), Value::Num(y)) =
