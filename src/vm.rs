@@ -2834,7 +2834,25 @@ impl Vm {
                                         lazy = self.is_lazy(f);
                                         env = self.calls[f].env;
                                     }
-                                    Ok(None) => continue 'frame,
+                                    Ok(None) => {
+                                        // A frame with no scope yet, of this
+                                        // same code (a recursion): only the
+                                        // frame's place changes.
+                                        let callee = &self.calls[self.calls.len() - 1];
+                                        if callee.code.is_none()
+                                            && std::ptr::eq(callee.code_at, Rc::as_ptr(&proto))
+                                        {
+                                            debug_assert!(callee.pc == 0 && callee.env.is_none());
+                                            debug_assert_eq!(self.calls.len(), f + 2);
+                                            f += 1;
+                                            fp = callee.fp;
+                                            pc = 0;
+                                            env = None;
+                                            lazy = true;
+                                            continue;
+                                        }
+                                        continue 'frame;
+                                    }
                                     Err(e) => throw!(e),
                                 }
                             }
@@ -3016,6 +3034,15 @@ impl Vm {
                     return Ok(value);
                 }
                 self.stack.push(value);
+                // Back in a caller running this same code (a recursion):
+                // the code stays, only the frame's place changes.
+                let caller = &self.calls[f - 1];
+                if std::ptr::eq(caller.code_at, Rc::as_ptr(&proto)) {
+                    (pc, env, fp) = (caller.pc, caller.env, caller.fp);
+                    f -= 1;
+                    lazy = self.is_lazy(f);
+                    continue;
+                }
                 continue 'frame;
             }
         }
