@@ -3024,6 +3024,11 @@ impl Vm {
                     let frame = &mut self.calls[f];
                     (frame.base, frame.act.take())
                 };
+                // The running frame is the last one: said so, dropping it
+                // is one test of its code rather than a loop over frames.
+                let [_] = self.calls[f..] else {
+                    unreachable!("the running frame is the last")
+                };
                 self.calls.truncate(f);
                 self.stack.truncate(base);
                 if let Some(act) = act {
