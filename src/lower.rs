@@ -84,6 +84,15 @@ pub enum Op {
     /// paths hold, pushes both results and skips the second; otherwise as
     /// the first.
     LocalNums(PrimOp, u16, i32, PrimOp, u16, i32),
+    /// Stands before the ops of a call in tail position of a global
+    /// function with arguments that are formals, constants or `(op formal
+    /// k)` / `(op formal formal)` (`tail_selfs[i]`), such as
+    /// `(loop (- n 1) (+ acc 1))`. When the call would reuse the running
+    /// frame (the name holds the very lambda the frame was entered with,
+    /// as many arguments as formals) and every argument has its fast path,
+    /// computes the arguments straight into the formals and starts the
+    /// code again; otherwise the ops that follow run.
+    TailSelf(u32),
     /// Drop the top value.
     Pop,
     /// Call the function below the `n` arguments on top; push its value.
@@ -124,6 +133,29 @@ pub struct Guard {
     pub tail: bool,
 }
 
+/// An argument of a `TailSelf` call: what its op computes.
+#[derive(Clone, Copy, Debug)]
+pub enum SelfArg {
+    /// `values[i]`.
+    Const(u32),
+    Local(u16),
+    LocalNum(PrimOp, u16, i32),
+    Locals(PrimOp, u16, u16),
+}
+
+/// The tail call a `TailSelf` op stands before.
+pub struct TailSelf {
+    /// The function's name, looked up as a global.
+    pub sym: Sym,
+    pub args: Box<[SelfArg]>,
+    /// The `TailCall` op: its name and (at `spans[call]`) its span.
+    pub call: u32,
+    pub name: Option<Sym>,
+}
+
+/// The most arguments a `TailSelf` call computes in place.
+pub const TAIL_SELF_ARGS: usize = 8;
+
 /// Lowered code of one proto.
 #[derive(Default)]
 pub struct Ops {
@@ -132,6 +164,7 @@ pub struct Ops {
     pub values: Box<[Value]>,
     pub trees: Box<[Code]>,
     pub guards: Box<[Guard]>,
+    pub tail_selfs: Box<[TailSelf]>,
     /// What a call of this code can skip (see `Vm::call_in_place`).
     pub shape: Shape,
     /// For a `Shape::Leaf` body: bit `op as usize` set for each `PrimOp`
@@ -160,6 +193,7 @@ struct Lowerer<'a> {
     values: Vec<Value>,
     trees: Vec<Code>,
     guards: Vec<Guard>,
+    tail_selfs: Vec<TailSelf>,
 }
 
 /// Lowers a body, which runs in tail position.
@@ -171,6 +205,7 @@ pub fn lower(body: Code, forms: &SpecialForms) -> Ops {
         values: Vec::new(),
         trees: Vec::new(),
         guards: Vec::new(),
+        tail_selfs: Vec::new(),
     };
     l.expr(body, true);
     let shape = shape(&l.ops, forms);
@@ -190,6 +225,7 @@ pub fn lower(body: Code, forms: &SpecialForms) -> Ops {
         values: l.values.into_boxed_slice(),
         trees: l.trees.into_boxed_slice(),
         guards: l.guards.into_boxed_slice(),
+        tail_selfs: l.tail_selfs.into_boxed_slice(),
     }
 }
 
@@ -365,6 +401,53 @@ impl Lowerer<'_> {
         self.spans[at] = span;
     }
 
+    /// For a call in tail position of a name with at most
+    /// `TAIL_SELF_ARGS` simple arguments: emits its `TailSelf` op (whose
+    /// `call` the caller sets) and gives its index.
+    fn tail_self(&mut self, call: &Call) -> Option<usize> {
+        let Code::Name(sym, _) = call.head else {
+            return None;
+        };
+        if call.args.len() > TAIL_SELF_ARGS {
+            return None;
+        }
+        let mut args = Vec::with_capacity(call.args.len());
+        let mut consts = Vec::new();
+        for arg in call.args.iter() {
+            args.push(match arg {
+                Code::Local(slot) => SelfArg::Local(u16::try_from(*slot).ok()?),
+                Code::Const(v) => {
+                    consts.push(*v);
+                    SelfArg::Const((self.values.len() + consts.len() - 1) as u32)
+                }
+                Code::Prim(node) => match (&node.node.left, &node.node.right) {
+                    (Code::Local(a), Code::Const(Value::Num(k))) => SelfArg::LocalNum(
+                        node.node.op,
+                        u16::try_from(*a).ok()?,
+                        i32::try_from(*k).ok()?,
+                    ),
+                    (Code::Local(a), Code::Local(b)) => SelfArg::Locals(
+                        node.node.op,
+                        u16::try_from(*a).ok()?,
+                        u16::try_from(*b).ok()?,
+                    ),
+                    _ => return None,
+                },
+                _ => return None,
+            });
+        }
+        self.values.extend(consts);
+        let i = self.tail_selfs.len();
+        self.tail_selfs.push(TailSelf {
+            sym,
+            args: args.into_boxed_slice(),
+            call: 0,
+            name: call.name,
+        });
+        self.emit(Op::TailSelf(i as u32), Span::NONE);
+        Some(i)
+    }
+
     /// Whether `call` is `(eval (head x))` by name.
     fn is_eval_head(&self, call: &Call) -> bool {
         let named = |code: &Code, sym: Sym| matches!(code, Code::Name(s, _) if *s == sym);
@@ -454,12 +537,16 @@ impl Lowerer<'_> {
                     return;
                 }
                 let argc = call.args.len() as u32;
+                let tail_self = if tail { self.tail_self(&call) } else { None };
                 self.expr(call.head, false);
                 for arg in call.args.into_vec() {
                     self.expr(arg, false);
                 }
                 if tail {
-                    self.emit(Op::TailCall(argc, call.name), call.span);
+                    let at = self.emit(Op::TailCall(argc, call.name), call.span);
+                    if let Some(i) = tail_self {
+                        self.tail_selfs[i].call = at as u32;
+                    }
                     // Reached only by top-level code, which has no call to
                     // replace: it returns the call's value.
                     self.emit(Op::Return, Span::NONE);

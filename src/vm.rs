@@ -18,7 +18,7 @@ use smallvec::SmallVec;
 use crate::compile::{Code, Compiler, Inline, PrimOp, Proto, SpecialForms};
 use crate::error::{ErrorData, Span};
 use crate::heap::{Env, Gc, Heap, Lambda, Object};
-use crate::lower::{Guard, Op, Ops, Shape};
+use crate::lower::{Guard, Op, Ops, SelfArg, Shape, TAIL_SELF_ARGS};
 use crate::symbol::{Sym, Symbols};
 use crate::value::{equal, Printer, Value};
 
@@ -2878,6 +2878,70 @@ impl Vm {
                                 self.stack.push(v);
                             }
                         }
+                        continue;
+                    }
+                    Op::TailSelf(i) => {
+                        let tail = &code.tail_selfs[i as usize];
+                        let n = tail.args.len();
+                        let entered = match global_fast!(tail.sym) {
+                            Some(Value::Lambda(g)) => {
+                                let frame = &self.calls[f];
+                                frame.self_fn == Some(g) && frame.top - fp == n && self.fuel > 1
+                            }
+                            _ => false,
+                        };
+                        if entered {
+                            // The arguments, from the formals as they are.
+                            let mut args = [Value::Nil; TAIL_SELF_ARGS];
+                            let mut fast = true;
+                            for (to, arg) in args.iter_mut().zip(tail.args.iter()) {
+                                let v = match *arg {
+                                    SelfArg::Const(i) => Some(code.values[i as usize]),
+                                    SelfArg::Local(a) => Some(self.stack[fp + a as usize]),
+                                    SelfArg::LocalNum(op, a, k) => {
+                                        match &self.stack[fp + a as usize] {
+                                            Value::Num(x) if self.prim_holds(op) => {
+                                                prim_numbers(op, *x, k as i64)
+                                            }
+                                            _ => None,
+                                        }
+                                    }
+                                    SelfArg::Locals(op, a, b) => match (
+                                        &self.stack[fp + a as usize],
+                                        &self.stack[fp + b as usize],
+                                    ) {
+                                        (Value::Num(x), Value::Num(y)) if self.prim_holds(op) => {
+                                            prim_numbers(op, *x, *y)
+                                        }
+                                        _ => None,
+                                    },
+                                };
+                                match v {
+                                    Some(v) => *to = v,
+                                    None => {
+                                        fast = false;
+                                        break;
+                                    }
+                                }
+                            }
+                            if fast {
+                                // The frame is reused as `lazy_self_call`
+                                // reuses it, without the function and
+                                // arguments pushed and moved down.
+                                self.stack[fp..fp + n].copy_from_slice(&args[..n]);
+                                self.stack.truncate(fp + n);
+                                self.fuel -= 1;
+                                let frame = &mut self.calls[f];
+                                frame.span = code.spans[tail.call as usize];
+                                frame.name = tail.name;
+                                if let Err(e) = self.safe_point() {
+                                    throw!(e)
+                                }
+                                pc = 0;
+                                continue;
+                            }
+                        }
+                        // The ops of the call follow.
                         continue;
                     }
                     Op::TailCall(argc, name) => {
