@@ -44,6 +44,16 @@ impl Gc {
     fn from_index(i: usize) -> Gc {
         Gc(NonZeroU32::new(i as u32 + 1).expect("heap index overflow"))
     }
+
+    /// The handle as a nonzero number, for packing it into a word.
+    pub fn to_raw(self) -> u32 {
+        self.0.get()
+    }
+
+    /// The handle `to_raw` gave (`None` for 0).
+    pub fn from_raw(raw: u32) -> Option<Gc> {
+        NonZeroU32::new(raw).map(Gc)
+    }
 }
 
 /// A scope reference; `None` is the global scope.

@@ -187,11 +187,41 @@ const ENV_BUILTINS: &[&str] = &[
 ];
 
 /// Who made a call, for dynamic fallback: a scope, or a frame whose
-/// scope has not been made yet.
+/// scope has not been made yet (`CallerIs`). One word — the frame's index,
+/// or the scope's handle with the top bit set — so that a frame push
+/// stores it whole: as a two-field enum it was built in two stores and
+/// copied into the frame with one 16-byte load, which cannot be forwarded
+/// from them and waited on every call.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Caller(u64);
+
+/// What a `Caller` is.
 #[derive(Clone, Copy)]
-enum Caller {
+enum CallerIs {
     Env(Env),
     Frame(usize),
+}
+
+impl Caller {
+    const SCOPE: u64 = 1 << 63;
+
+    fn env(env: Env) -> Caller {
+        Caller(Caller::SCOPE | env.map_or(0, |g| u64::from(g.to_raw())))
+    }
+
+    /// Frame `f` (an index of the frame stack, far below 2^63).
+    fn frame(f: usize) -> Caller {
+        debug_assert!((f as u64) < Caller::SCOPE);
+        Caller(f as u64)
+    }
+
+    fn get(self) -> CallerIs {
+        if self.0 & Caller::SCOPE != 0 {
+            CallerIs::Env(Gc::from_raw(self.0 as u32))
+        } else {
+            CallerIs::Frame(self.0 as usize)
+        }
+    }
 }
 
 /// How `shutdown` and `exit` behave.
@@ -593,7 +623,7 @@ impl Vm {
             for g in [frame.env, frame.lambda_env].into_iter().flatten() {
                 self.heap.mark(g);
             }
-            if let Caller::Env(Some(g)) = frame.caller {
+            if let CallerIs::Env(Some(g)) = frame.caller.get() {
                 self.heap.mark(g);
             }
             // The lambda whose code a frame runs without holding it is
@@ -781,7 +811,7 @@ impl Vm {
             span: Span::NONE,
             name: None,
             lambda_env: None,
-            caller: Caller::Env(None),
+            caller: Caller::env(None),
             self_fn: None,
         });
         self.run(self.calls.len() - 1)
@@ -1372,7 +1402,7 @@ impl Vm {
         }
         if let Value::Lambda(_) = self.stack[base] {
             let stop = self.calls.len();
-            return match self.enter_call(base, Caller::Env(env), span, name) {
+            return match self.enter_call(base, Caller::env(env), span, name) {
                 Ok(Some(v)) => Ok(v),
                 Ok(None) => self.run(stop),
                 Err(e) => Err(self.unwind(stop, e, false)),
@@ -1440,7 +1470,7 @@ impl Vm {
                 }
                 Value::Lambda(_) => {
                     let stop = self.calls.len();
-                    return match self.enter_call(base, Caller::Env(env), span, name) {
+                    return match self.enter_call(base, Caller::env(env), span, name) {
                         Ok(Some(v)) => Ok(v),
                         Ok(None) => self.run(stop),
                         Err(e) => Err(self.unwind(stop, e, false)),
@@ -1912,7 +1942,7 @@ impl Vm {
             span,
             name,
             lambda_env: None,
-            caller: Caller::Env(None),
+            caller: Caller::env(None),
             self_fn: None,
         });
         self.safe_point()?;
@@ -1938,9 +1968,9 @@ impl Vm {
 
     /// The scope a caller stands for, making its frame's scope if needed.
     fn caller_env(&mut self, caller: Caller) -> Env {
-        match caller {
-            Caller::Env(e) => e,
-            Caller::Frame(j) => self.materialize(j),
+        match caller.get() {
+            CallerIs::Env(e) => e,
+            CallerIs::Frame(j) => self.materialize(j),
         }
     }
 
@@ -2094,6 +2124,104 @@ impl Vm {
         None
     }
 
+    /// `Op::TailSelf` of frame `f` (formals at `fp`), whose name holds
+    /// the lambda `g`: when `g` is the lambda the frame was entered with and
+    /// every argument has its fast path, the arguments are computed into
+    /// the formals and the frame is ready to run its code again (`true`);
+    /// otherwise nothing has happened (`false`). Out of the op loop, so
+    /// that its code leaves the loop's registers alone.
+    #[inline(never)]
+    fn tail_self(
+        &mut self,
+        f: usize,
+        fp: usize,
+        g: Gc,
+        code: &Ops,
+        tail: &crate::lower::TailSelf,
+    ) -> Result<bool, Gc> {
+        let n = tail.args.len();
+        let frame = &self.calls[f];
+        if frame.self_fn != Some(g) || frame.top - fp != n || self.fuel <= 1 {
+            return Ok(false);
+        }
+        // The arguments, from the formals as they are, all of them before
+        // any formal is replaced. A few are held in registers: stored into
+        // an array a word at a time and copied out whole, they waited for
+        // the stores on every call.
+        let values = &code.values;
+        let done = match &*tail.args {
+            [a] => match self.self_arg(fp, values, *a) {
+                Some(x) => {
+                    self.stack.truncate(fp + 1);
+                    self.stack[fp] = x;
+                    true
+                }
+                None => false,
+            },
+            [a, b] => match (self.self_arg(fp, values, *a), self.self_arg(fp, values, *b)) {
+                (Some(x), Some(y)) => {
+                    self.stack.truncate(fp + 2);
+                    (self.stack[fp], self.stack[fp + 1]) = (x, y);
+                    true
+                }
+                _ => false,
+            },
+            args => {
+                let mut new = [Value::Nil; TAIL_SELF_ARGS];
+                let mut all = true;
+                for (to, a) in new.iter_mut().zip(args) {
+                    match self.self_arg(fp, values, *a) {
+                        Some(v) => *to = v,
+                        None => {
+                            all = false;
+                            break;
+                        }
+                    }
+                }
+                if all {
+                    self.stack.truncate(fp + n);
+                    for (to, v) in self.stack[fp..].iter_mut().zip(&new) {
+                        *to = *v;
+                    }
+                }
+                all
+            }
+        };
+        if !done {
+            return Ok(false);
+        }
+        // The frame is reused as `lazy_self_call` reuses it, without the
+        // function and arguments pushed and moved down.
+        self.fuel -= 1;
+        let frame = &mut self.calls[f];
+        frame.span = code.spans[tail.call as usize];
+        frame.name = tail.name;
+        self.safe_point()?;
+        Ok(true)
+    }
+
+    /// The value of argument `arg` of a `TailSelf` call, computed from the
+    /// formals at `fp` when its fast path holds.
+    #[inline(always)]
+    fn self_arg(&self, fp: usize, values: &[Value], arg: SelfArg) -> Option<Value> {
+        match arg {
+            SelfArg::Const(i) => Some(values[i as usize]),
+            SelfArg::Local(a) => Some(self.stack[fp + a as usize]),
+            SelfArg::LocalNum(op, a, k) => match &self.stack[fp + a as usize] {
+                Value::Num(x) if self.prim_holds(op) => prim_numbers(op, *x, k as i64),
+                _ => None,
+            },
+            SelfArg::Locals(op, a, b) => {
+                match (&self.stack[fp + a as usize], &self.stack[fp + b as usize]) {
+                    (Value::Num(x), Value::Num(y)) if self.prim_holds(op) => {
+                        prim_numbers(op, *x, *y)
+                    }
+                    _ => None,
+                }
+            }
+        }
+    }
+
     /// The code frame `f` runs.
     #[inline(always)]
     fn code_of(&self, f: usize) -> &Rc<Proto> {
@@ -2126,15 +2254,15 @@ impl Vm {
         let mut i = f;
         while self.is_lazy(i) {
             chain.push(i);
-            match self.calls[i].caller {
-                Caller::Frame(j) => i = j,
-                Caller::Env(_) => break,
+            match self.calls[i].caller.get() {
+                CallerIs::Frame(j) => i = j,
+                CallerIs::Env(_) => break,
             }
         }
         for &i in chain.iter().rev() {
-            let caller = match self.calls[i].caller {
-                Caller::Env(e) => e,
-                Caller::Frame(j) => self.calls[j].env,
+            let caller = match self.calls[i].caller.get() {
+                CallerIs::Env(e) => e,
+                CallerIs::Frame(j) => self.calls[j].env,
             };
             let frame = &self.calls[i];
             let proto = self.code_of(i).clone();
@@ -2157,7 +2285,7 @@ impl Vm {
             }
             let frame = &mut self.calls[i];
             frame.env = Some(scope);
-            frame.caller = Caller::Env(caller);
+            frame.caller = Caller::env(caller);
             if let Some(act) = frame.act.as_mut() {
                 act.frame = Some(scope);
             }
@@ -2310,7 +2438,7 @@ impl Vm {
                         env = self.materialize(f);
                     }
                     let Some(mut activation) = self.calls[f].act.take() else {
-                        return match self.enter_call(callee, Caller::Env(env), span, name) {
+                        return match self.enter_call(callee, Caller::env(env), span, name) {
                             Ok(Some(v)) => {
                                 self.stack.push(v);
                                 Ok(Next::Enter)
@@ -2820,9 +2948,9 @@ impl Vm {
                             Value::Lambda(_) => {
                                 self.calls[f].pc = pc;
                                 let caller = if lazy {
-                                    Caller::Frame(f)
+                                    Caller::frame(f)
                                 } else {
-                                    Caller::Env(env)
+                                    Caller::env(env)
                                 };
                                 match self.enter_call(base, caller, span, name) {
                                     Ok(Some(v)) => {
@@ -2882,66 +3010,14 @@ impl Vm {
                     }
                     Op::TailSelf(i) => {
                         let tail = &code.tail_selfs[i as usize];
-                        let n = tail.args.len();
-                        let entered = match global_fast!(tail.sym) {
-                            Some(Value::Lambda(g)) => {
-                                let frame = &self.calls[f];
-                                frame.self_fn == Some(g) && frame.top - fp == n && self.fuel > 1
-                            }
-                            _ => false,
-                        };
-                        if entered {
-                            // The arguments, from the formals as they are.
-                            let mut args = [Value::Nil; TAIL_SELF_ARGS];
-                            let mut fast = true;
-                            for (to, arg) in args.iter_mut().zip(tail.args.iter()) {
-                                let v = match *arg {
-                                    SelfArg::Const(i) => Some(code.values[i as usize]),
-                                    SelfArg::Local(a) => Some(self.stack[fp + a as usize]),
-                                    SelfArg::LocalNum(op, a, k) => {
-                                        match &self.stack[fp + a as usize] {
-                                            Value::Num(x) if self.prim_holds(op) => {
-                                                prim_numbers(op, *x, k as i64)
-                                            }
-                                            _ => None,
-                                        }
-                                    }
-                                    SelfArg::Locals(op, a, b) => match (
-                                        &self.stack[fp + a as usize],
-                                        &self.stack[fp + b as usize],
-                                    ) {
-                                        (Value::Num(x), Value::Num(y)) if self.prim_holds(op) => {
-                                            prim_numbers(op, *x, *y)
-                                        }
-                                        _ => None,
-                                    },
-                                };
-                                match v {
-                                    Some(v) => *to = v,
-                                    None => {
-                                        fast = false;
-                                        break;
-                                    }
-                                }
-                            }
-                            if fast {
-                                // The frame is reused as `lazy_self_call`
-                                // reuses it, without the function and
-                                // arguments pushed and moved down.
-                                self.stack[fp..fp + n].copy_from_slice(&args[..n]);
-                                self.stack.truncate(fp + n);
-                                self.fuel -= 1;
-                                let frame = &mut self.calls[f];
-                                frame.span = code.spans[tail.call as usize];
-                                frame.name = tail.name;
-                                if let Err(e) = self.safe_point() {
-                                    throw!(e)
-                                }
-                                pc = 0;
-                                continue;
+                        if let Some(Value::Lambda(g)) = global_fast!(tail.sym) {
+                            match self.tail_self(f, fp, g, code, tail) {
+                                Ok(true) => pc = 0,
+                                Ok(false) => {}
+                                Err(e) => throw!(e),
                             }
                         }
-                        // The ops of the call follow.
+                        // Otherwise the ops of the call follow.
                         continue;
                     }
                     Op::TailCall(argc, name) => {
