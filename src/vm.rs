@@ -1741,10 +1741,12 @@ impl Vm {
             if usize::from(lambda.direct) == nargs {
                 // The commonest call: a frame over the arguments as they
                 // are, no scope yet.
-                if !lambda.general {
-                    return self.shaped_direct_call(g, base, caller, span, name);
-                }
                 let (code_at, lambda_env) = (Rc::as_ptr(&lambda.proto), lambda.env);
+                if !lambda.general {
+                    if let Some(v) = self.shaped_value(g, base) {
+                        return Ok(Some(v));
+                    }
+                }
                 self.fuel -= 1;
                 return self.push_lazy_frame(
                     code_at,
@@ -1762,50 +1764,22 @@ impl Vm {
     }
 
     /// `enter_call`'s direct call of a lambda `g` whose body has a shape
-    /// (`Shape::Leaf`, `Shape::Accessor`): answered at the call site when
-    /// it can be (`run_leaf`, `accessor_value`), else run in a frame.
+    /// (`Shape::Leaf`, `Shape::Accessor`), answered at the call site when
+    /// it can be (`run_leaf`, `accessor_value`; the call counted). `None`:
+    /// it runs in a frame.
     #[inline(never)]
-    fn shaped_direct_call(
-        &mut self,
-        g: Gc,
-        base: usize,
-        caller: Caller,
-        span: Span,
-        name: Option<Sym>,
-    ) -> Result<Option<Value>, Gc> {
+    fn shaped_value(&mut self, g: Gc, base: usize) -> Option<Value> {
         let lambda = self.heap.lambda(g);
         let (proto, lambda_env) = (lambda.proto.clone(), lambda.env);
-        match (proto.code.shape, lambda_env, self.fuel) {
-            (Shape::Leaf, _, _) => {
-                if let Some(v) = self.run_leaf(&proto.code, base) {
-                    self.fuel -= 1;
-                    self.stack.truncate(base);
-                    return Ok(Some(v));
-                }
-            }
-            (Shape::Accessor(_), None, 4..) => {
-                if let Some(v) = self.accessor_value(&proto, base) {
-                    // The call and the two builtin calls it stands for.
-                    self.fuel -= 3;
-                    self.stack.truncate(base);
-                    return Ok(Some(v));
-                }
-            }
-            _ => {}
-        }
-        self.fuel -= 1;
-        let nargs = self.stack.len() - base - 1;
-        let code_at = Rc::as_ptr(&proto);
-        self.push_lazy_frame(
-            code_at,
-            base,
-            nargs,
-            span,
-            name,
-            lambda_env,
-            caller,
-            Some(g),
-        )
+        let (v, calls) = match (proto.code.shape, lambda_env, self.fuel) {
+            (Shape::Leaf, _, _) => (self.run_leaf(&proto.code, base)?, 1),
+            // The call and the two builtin calls it stands for.
+            (Shape::Accessor(_), None, 4..) => (self.accessor_value(&proto, base)?, 3),
+            _ => return None,
+        };
+        self.fuel -= calls;
+        self.stack.truncate(base);
+        Some(v)
     }
 
     /// Pushes the frame of a call of the lambda at `base`, whose `nargs`
