@@ -340,7 +340,8 @@ impl Heap {
         CONS_BYTES
             + match obj {
                 Object::Str(s) => s.len(),
-                Object::Lambda(l) => std::mem::size_of::<Lambda>() + l.bound.len() * 16,
+                // Held in the slot itself: only its bound arguments are more.
+                Object::Lambda(l) => std::mem::size_of_val::<[Value]>(&l.bound),
                 Object::Scope(s) => {
                     SCOPE_BYTES
                         + if s.vars.spilled() {
