@@ -137,6 +137,16 @@ fn grow_frames(calls: &mut Vec<Frame>) {
     calls.reserve(calls.len().max(16));
 }
 
+/// What a `TailCall` op leads to.
+enum Tail {
+    /// The running frame starts again (a loop).
+    Again,
+    /// The running frame returns this value.
+    Return(Value),
+    /// Continue with the frame now on top.
+    Enter,
+}
+
 /// What a call in tail position leads to.
 enum Next {
     /// The running frame returns this value.
@@ -2300,7 +2310,7 @@ impl Vm {
     }
 
     /// Calls the builtin at `stack[base]` (not in tail position).
-    #[inline]
+    #[inline(always)]
     fn call_builtin(&mut self, id: u32, base: usize, env: Env, span: Span) -> Result<Value, Gc> {
         self.fuel -= 1;
         if self.fuel == 0 {
@@ -2371,6 +2381,136 @@ impl Vm {
         // perhaps), entered with exactly its formals.
         frame.self_fn = Some(g);
         true
+    }
+
+    /// The value of a name read by the running frame `f` past the fast
+    /// path for globals (which may make `f`'s scope, for dynamic
+    /// fallback).
+    #[inline(never)]
+    fn name_value(&mut self, f: usize, sym: Sym, span: Span) -> Result<Value, Gc> {
+        if !self.is_lazy(f) {
+            return self.lookup(sym, self.calls[f].env, span);
+        }
+        // A function defined at top level: its free names are globals
+        // unless dynamic fallback finds them.
+        if self.calls[f].lambda_env.is_none() {
+            if let Some(Some(v)) = self.globals.get(sym.index()) {
+                return Ok(*v);
+            }
+        }
+        self.lookup_lazy(f, sym, span)
+    }
+
+    /// A call of the value at `stack[base]` with the arguments above it,
+    /// made by the running frame `f` (whose pc is saved): `true` when it
+    /// pushed a frame to run, `false` when it pushed the call's value
+    /// (having perhaps made `f`'s scope).
+    #[inline(never)]
+    fn call_value(
+        &mut self,
+        f: usize,
+        base: usize,
+        span: Span,
+        name: Option<Sym>,
+    ) -> Result<bool, Gc> {
+        let lazy = self.is_lazy(f);
+        let env = self.calls[f].env;
+        let v = match self.stack[base] {
+            Value::Lambda(_) => {
+                let caller = if lazy {
+                    Caller::frame(f)
+                } else {
+                    Caller::env(env)
+                };
+                match self.enter_call(base, caller, span, name)? {
+                    // Answered without a frame (an accessor, a partial
+                    // application).
+                    Some(v) => v,
+                    None => return Ok(true),
+                }
+            }
+            Value::Builtin(id) => {
+                let env = if lazy && self.wants_env(id, base) {
+                    self.materialize(f)
+                } else {
+                    env
+                };
+                self.call_builtin(id, base, env, span)?
+            }
+            head => {
+                // Not a function: the elements were evaluated in order,
+                // and the last is the value.
+                let v = if self.stack.len() > base + 1 {
+                    self.stack[self.stack.len() - 1]
+                } else {
+                    head
+                };
+                self.stack.truncate(base);
+                v
+            }
+        };
+        self.stack.push(v);
+        Ok(false)
+    }
+
+    /// A tail call by frame `f`, which has no scope yet, of the function
+    /// at `stack[callee]`: when it is a loop (the call replaces itself in
+    /// place, and the code, scope and formals stay where they are), does
+    /// it and says `true`.
+    #[inline(always)]
+    fn tail_loop(
+        &mut self,
+        f: usize,
+        callee: usize,
+        span: Span,
+        name: Option<Sym>,
+    ) -> Result<bool, (Gc, bool)> {
+        let Value::Lambda(g) = self.stack[callee] else {
+            return Ok(false);
+        };
+        if !self.lazy_self_call(f, g, callee) {
+            return Ok(false);
+        }
+        self.fuel -= 1;
+        if self.fuel == 0 {
+            self.refuel(span).map_err(|e| (e, true))?;
+        }
+        let frame = &mut self.calls[f];
+        frame.span = span;
+        frame.name = name;
+        self.safe_point().map_err(|e| (e, false))?;
+        Ok(true)
+    }
+
+    /// A `TailCall` op of the running frame `f` (its pc just past the op).
+    /// The error flag says whether the frame is already traced.
+    #[inline(never)]
+    fn tail_call_op(
+        &mut self,
+        f: usize,
+        pc: usize,
+        argc: u32,
+        span: Span,
+        name: Option<Sym>,
+    ) -> Result<Tail, (Gc, bool)> {
+        let callee = self.stack.len() - argc as usize - 1;
+        if self.is_lazy(f) && self.tail_loop(f, callee, span, name)? {
+            return Ok(Tail::Again);
+        }
+        let accessed = match self.stack[callee] {
+            Value::Lambda(g) => self.call_in_place(g, callee),
+            _ => None,
+        };
+        if let Some(v) = accessed {
+            // The running call returns what that call gives.
+            return Ok(Tail::Return(v));
+        }
+        self.calls[f].pc = pc;
+        let env = self.calls[f].env;
+        match self.tail_dispatch(f, callee, env, span, name)? {
+            Next::Return(v) => Ok(Tail::Return(v)),
+            Next::Enter => Ok(Tail::Enter),
+        }
     }
 
     /// A call in tail position of frame `f`, of the function at
@@ -2535,10 +2675,421 @@ impl Vm {
         Ok(Some((v, end as usize)))
     }
 
+    /// Drops the running frame `f` (the last one) with its values, and
+    /// ends its call. Its fields are read where they are (a whole copy of a
+    /// frame just pushed would load across the stores of its fields: see
+    /// `push_lazy_frame`).
+    #[inline(always)]
+    fn pop_frame(&mut self, f: usize) {
+        debug_assert_eq!(f + 1, self.calls.len());
+        let (base, act) = {
+            let frame = &mut self.calls[f];
+            (frame.base, frame.act.take())
+        };
+        // The running frame is the last one: said so, dropping it is one
+        // test of its code rather than a loop over frames.
+        let [_] = self.calls[f..] else {
+            unreachable!("the running frame is the last")
+        };
+        self.calls.truncate(f);
+        self.stack.truncate(base);
+        if let Some(act) = act {
+            self.depth -= 1;
+            self.end_activation(act);
+        }
+    }
+
     /// Runs frames, starting with `calls[stop]` (the top one), until that
     /// frame returns; its value is the result. Lisp calls push frames here
     /// instead of recursing natively.
+    ///
+    /// This loop holds only the fast paths of the common ops, so that the
+    /// op loop's state stays in registers; an op past its fast path (or a
+    /// rare op) is run by `run_step`, which does everything, from the
+    /// frame's saved state.
     fn run(&mut self, stop: usize) -> Result<Value, Gc> {
+        let mut proto = self.code_of(self.calls.len() - 1).clone();
+        let if_slot = (self.forms.if_.0 .0 & 127) as usize;
+        'frame: loop {
+            let mut f = self.calls.len() - 1;
+            let mut pc = self.calls[f].pc;
+            let mut env = self.calls[f].env;
+            let mut fp = self.calls[f].fp;
+            let mut lazy = self.is_lazy(f);
+            if !std::ptr::eq(Rc::as_ptr(&proto), self.calls[f].code_at) {
+                proto = self.code_of(f).clone();
+            }
+            let code = &proto.code;
+            let ops = &*code.ops;
+            // The op just fetched, run by `run_step` from the frame.
+            macro_rules! slow {
+                () => {{
+                    self.calls[f].pc = pc - 1;
+                    match self.run_step(stop) {
+                        Ok(None) => continue 'frame,
+                        Ok(Some(v)) => return Ok(v),
+                        Err(e) => return Err(e),
+                    }
+                }};
+            }
+            macro_rules! global_fast {
+                ($sym:expr) => {{
+                    match self.globals.get($sym.index()) {
+                        Some(Some(v)) if lazy && self.calls[f].lambda_env.is_none() => Some(*v),
+                        _ => None,
+                    }
+                }};
+            }
+            macro_rules! local_num {
+                ($op:expr, $slot:expr, $k:expr) => {{
+                    match &self.stack[fp + $slot as usize] {
+                        Value::Num(x) if self.prim_holds($op) => prim_numbers($op, *x, $k as i64),
+                        _ => None,
+                    }
+                }};
+            }
+            macro_rules! test_local_num {
+                ($op:expr, $slot:expr, $k:expr, $target:expr) => {{
+                    let holds = match &self.stack[fp + $slot as usize] {
+                        Value::Num(x) if self.prim_holds($op) => {
+                            compare_numbers($op, *x, $k as i64)
+                        }
+                        _ => None,
+                    };
+                    match holds {
+                        Some(holds) => {
+                            pc = if holds { pc + 1 } else { $target as usize };
+                            continue;
+                        }
+                        None => slow!(),
+                    }
+                }};
+            }
+            macro_rules! test_locals {
+                ($op:expr, $x:expr, $y:expr, $target:expr) => {{
+                    let holds = match (&self.stack[fp + $x as usize], &self.stack[fp + $y as usize])
+                    {
+                        (Value::Num(x), Value::Num(y)) if self.prim_holds($op) => {
+                            compare_numbers($op, *x, *y)
+                        }
+                        _ => None,
+                    };
+                    match holds {
+                        Some(holds) => {
+                            pc = if holds { pc + 1 } else { $target as usize };
+                            continue;
+                        }
+                        None => slow!(),
+                    }
+                }};
+            }
+            loop {
+                let op = &ops[pc];
+                pc += 1;
+                let value = match *op {
+                    Op::Const(i) => {
+                        let v = code.values[i as usize];
+                        self.stack.push(v);
+                        continue;
+                    }
+                    Op::Local(slot) => {
+                        let v = self.stack[fp + slot as usize];
+                        self.stack.push(v);
+                        continue;
+                    }
+                    Op::Name(sym) => {
+                        let v = match global_fast!(sym) {
+                            Some(v) => v,
+                            None => match self.name_value(f, sym, code.spans[pc - 1]) {
+                                Ok(v) => {
+                                    lazy = self.is_lazy(f);
+                                    env = self.calls[f].env;
+                                    v
+                                }
+                                Err(e) => return Err(self.unwind(stop, e, false)),
+                            },
+                        };
+                        self.stack.push(v);
+                        continue;
+                    }
+                    Op::NameLocalNum(sym, op, slot, k) => {
+                        let Some(v) = global_fast!(sym) else { slow!() };
+                        let Some(r) = local_num!(op, slot, k) else {
+                            slow!()
+                        };
+                        self.stack.push(v);
+                        self.stack.push(r);
+                        // The `PrimLocalNum` that follows, done.
+                        pc += 1;
+                        continue;
+                    }
+                    Op::LocalLocal(a, b) => {
+                        let (x, y) = (self.stack[fp + a as usize], self.stack[fp + b as usize]);
+                        self.stack.push(x);
+                        self.stack.push(y);
+                        // The `Local(b)` that follows, done.
+                        pc += 1;
+                        continue;
+                    }
+                    Op::LocalNums(op, a, j, op2, b, k) => {
+                        let (Some(v), Some(w)) = (local_num!(op, a, j), local_num!(op2, b, k))
+                        else {
+                            slow!()
+                        };
+                        self.stack.push(v);
+                        self.stack.push(w);
+                        // The `PrimLocalNum` that follows, done.
+                        pc += 1;
+                        continue;
+                    }
+                    Op::PrimLocalNum(op, slot, k) => match local_num!(op, slot, k) {
+                        Some(v) => {
+                            self.stack.push(v);
+                            continue;
+                        }
+                        None => slow!(),
+                    },
+                    Op::PrimLocals(op, x, y) => {
+                        let v = match (&self.stack[fp + x as usize], &self.stack[fp + y as usize]) {
+                            (Value::Num(x), Value::Num(y)) if self.prim_holds(op) => {
+                                prim_numbers(op, *x, *y)
+                            }
+                            _ => None,
+                        };
+                        let Some(v) = v else { slow!() };
+                        self.stack.push(v);
+                        continue;
+                    }
+                    Op::Prim(op, _) => {
+                        let n = self.stack.len();
+                        let v = match (&self.stack[n - 2], &self.stack[n - 1]) {
+                            (Value::Num(x), Value::Num(y)) if self.prim_holds(op) => {
+                                prim_numbers(op, *x, *y)
+                            }
+                            // Equality of any two values, such as `(== l
+                            // nil)` ending a list walk.
+                            (&a, &b)
+                                if matches!(op, PrimOp::Eq | PrimOp::Ne) && self.prim_holds(op) =>
+                            {
+                                match self.equal_counted(a, b, code.spans[pc - 1]) {
+                                    Ok(same) => Some(Value::bool(same == (op == PrimOp::Eq))),
+                                    Err(e) => return Err(self.unwind(stop, e, false)),
+                                }
+                            }
+                            _ => None,
+                        };
+                        let Some(v) = v else { slow!() };
+                        self.stack.truncate(n - 1);
+                        self.stack[n - 2] = v;
+                        continue;
+                    }
+                    Op::PrimReturn(op, _) => {
+                        let n = self.stack.len();
+                        let v = match (&self.stack[n - 2], &self.stack[n - 1]) {
+                            (Value::Num(x), Value::Num(y)) if self.prim_holds(op) => {
+                                prim_numbers(op, *x, *y)
+                            }
+                            _ => None,
+                        };
+                        let Some(v) = v else { slow!() };
+                        v
+                    }
+                    Op::TestLocalNum(op, slot, k, target) => test_local_num!(op, slot, k, target),
+                    Op::TestLocals(op, x, y, target) => test_locals!(op, x, y, target),
+                    Op::IfTestLocalNum(op, slot, k, target, _) => {
+                        if !self.intact_forms[if_slot] {
+                            slow!()
+                        }
+                        test_local_num!(op, slot, k, target)
+                    }
+                    Op::IfTestLocals(op, x, y, target, _) => {
+                        if !self.intact_forms[if_slot] {
+                            slow!()
+                        }
+                        test_locals!(op, x, y, target)
+                    }
+                    Op::Guard(_, form) => {
+                        if !self.intact_forms[(form.0 & 127) as usize] {
+                            slow!()
+                        }
+                        continue;
+                    }
+                    Op::JumpIfFalse(target, _) => match self.stack.last() {
+                        Some(Value::Num(x)) => {
+                            if *x == 0 {
+                                pc = target as usize;
+                            }
+                            self.stack.pop();
+                            continue;
+                        }
+                        _ => slow!(),
+                    },
+                    Op::Jump(target) => {
+                        pc = target as usize;
+                        continue;
+                    }
+                    Op::Pop => {
+                        self.stack.pop();
+                        continue;
+                    }
+                    Op::Call(argc, name) => {
+                        let base = self.stack.len() - argc as usize - 1;
+                        let span = code.spans[pc - 1];
+                        // The commonest call: a lambda entered directly
+                        // (see `enter_call`), its body run in a frame.
+                        let direct = match self.stack[base] {
+                            Value::Builtin(id) if !lazy || !self.wants_env(id, base) => {
+                                self.calls[f].pc = pc;
+                                match self.call_builtin(id, base, env, span) {
+                                    Ok(v) => self.stack.push(v),
+                                    Err(e) => return Err(self.unwind(stop, e, false)),
+                                }
+                                continue;
+                            }
+                            Value::Lambda(g) => {
+                                let lambda = self.heap.lambda(g);
+                                let direct = usize::from(lambda.direct) == argc as usize
+                                    && self.depth < self.max_depth
+                                    && self.fuel > 1;
+                                let (code_at, lambda_env) = (Rc::as_ptr(&lambda.proto), lambda.env);
+                                if direct && !lambda.general {
+                                    if let Some(v) = self.shaped_value(g, base) {
+                                        self.stack.push(v);
+                                        continue;
+                                    }
+                                }
+                                if !direct {
+                                    // Bound or rest arguments, limits, fuel.
+                                    self.calls[f].pc = pc;
+                                    let caller = if lazy {
+                                        Caller::frame(f)
+                                    } else {
+                                        Caller::env(env)
+                                    };
+                                    match self.enter_call_slow(base, caller, span, name) {
+                                        Ok(Some(v)) => {
+                                            self.stack.push(v);
+                                            lazy = self.is_lazy(f);
+                                            env = self.calls[f].env;
+                                            continue;
+                                        }
+                                        Ok(None) => continue 'frame,
+                                        Err(e) => return Err(self.unwind(stop, e, false)),
+                                    }
+                                }
+                                Some((g, code_at, lambda_env))
+                            }
+                            _ => None,
+                        };
+                        let Some((g, code_at, lambda_env)) = direct else {
+                            self.calls[f].pc = pc;
+                            match self.call_value(f, base, span, name) {
+                                Ok(true) => continue 'frame,
+                                Ok(false) => {
+                                    lazy = self.is_lazy(f);
+                                    env = self.calls[f].env;
+                                    continue;
+                                }
+                                Err(e) => return Err(self.unwind(stop, e, false)),
+                            }
+                        };
+                        self.calls[f].pc = pc;
+                        let caller = if lazy {
+                            Caller::frame(f)
+                        } else {
+                            Caller::env(env)
+                        };
+                        self.fuel -= 1;
+                        if let Err(e) = self.push_lazy_frame(
+                            code_at,
+                            base,
+                            argc as usize,
+                            span,
+                            name,
+                            lambda_env,
+                            caller,
+                            Some(g),
+                        ) {
+                            return Err(self.unwind(stop, e, false));
+                        }
+                        if std::ptr::eq(code_at, Rc::as_ptr(&proto)) {
+                            f += 1;
+                            fp = base + 1;
+                            pc = 0;
+                            env = None;
+                            lazy = true;
+                            continue;
+                        }
+                        continue 'frame;
+                    }
+                    Op::TailSelf(i) => {
+                        let tail = &code.tail_selfs[i as usize];
+                        if let Some(Value::Lambda(g)) = global_fast!(tail.sym) {
+                            match self.tail_self(f, fp, g, code, tail) {
+                                Ok(true) => pc = 0,
+                                Ok(false) => {}
+                                Err(e) => return Err(self.unwind(stop, e, false)),
+                            }
+                        }
+                        // Otherwise the ops of the call follow.
+                        continue;
+                    }
+                    Op::TailCall(argc, name) => {
+                        let span = code.spans[pc - 1];
+                        let callee = self.stack.len() - argc as usize - 1;
+                        if lazy {
+                            match self.tail_loop(f, callee, span, name) {
+                                Ok(true) => {
+                                    pc = 0;
+                                    continue;
+                                }
+                                Ok(false) => {}
+                                Err((e, skip)) => return Err(self.unwind(stop, e, skip)),
+                            }
+                        }
+                        match self.tail_call_op(f, pc, argc, span, name) {
+                            Ok(Tail::Again) => {
+                                pc = 0;
+                                continue;
+                            }
+                            Ok(Tail::Return(v)) => v,
+                            Ok(Tail::Enter) => continue 'frame,
+                            Err((e, skip)) => return Err(self.unwind(stop, e, skip)),
+                        }
+                    }
+                    Op::Return => match self.stack.last() {
+                        Some(v) => *v,
+                        None => Value::Unit,
+                    },
+                    Op::ReturnLocal(slot) => self.stack[fp + slot as usize],
+                    _ => slow!(),
+                };
+                // The frame returns `value`.
+                self.pop_frame(f);
+                if f == stop {
+                    return Ok(value);
+                }
+                self.stack.push(value);
+                // Back in a caller running this same code (a recursion):
+                // the code stays, only the frame's place changes.
+                let caller = &self.calls[f - 1];
+                if std::ptr::eq(caller.code_at, Rc::as_ptr(&proto)) {
+                    (pc, env, fp) = (caller.pc, caller.env, caller.fp);
+                    f -= 1;
+                    lazy = self.is_lazy(f);
+                    continue;
+                }
+                continue 'frame;
+            }
+        }
+    }
+
+    /// Runs one op of the top frame (`calls[stop]` or above) from the
+    /// frame's saved state, with every path of it: `None` when it is done
+    /// and the state saved again, or the value `calls[stop]` returned.
+    #[inline(never)]
+    fn run_step(&mut self, stop: usize) -> Result<Option<Value>, Gc> {
+        let mut stepped = false;
         let mut f;
         let mut pc;
         let mut env;
@@ -2658,33 +3209,12 @@ impl Vm {
             // `Name` past `global_fast!`: pushes the value or throws.
             macro_rules! name_slow {
                 ($sym:expr) => {{
-                    let sym = $sym;
-                    let span = code.spans[pc - 1];
-                    let found = if lazy {
-                        // A function defined at top level: its free names
-                        // are globals unless dynamic fallback finds them.
-                        match self.calls[f].lambda_env {
-                            None => match self.globals.get(sym.index()) {
-                                Some(Some(v)) => Ok(*v),
-                                _ => {
-                                    let found = self.lookup_lazy(f, sym, span);
-                                    lazy = self.is_lazy(f);
-                                    env = self.calls[f].env;
-                                    found
-                                }
-                            },
-                            Some(_) => {
-                                let found = self.lookup_lazy(f, sym, span);
-                                lazy = self.is_lazy(f);
-                                env = self.calls[f].env;
-                                found
-                            }
+                    match self.name_value(f, $sym, code.spans[pc - 1]) {
+                        Ok(v) => {
+                            self.stack.push(v);
+                            lazy = self.is_lazy(f);
+                            env = self.calls[f].env;
                         }
-                    } else {
-                        self.lookup(sym, env, span)
-                    };
-                    match found {
-                        Ok(v) => self.stack.push(v),
                         Err(e) => throw!(e),
                     }
                     continue;
@@ -2761,6 +3291,11 @@ impl Vm {
                 }};
             }
             loop {
+                if stepped {
+                    self.calls[f].pc = pc;
+                    return Ok(None);
+                }
+                stepped = true;
                 let op = &ops[pc];
                 pc += 1;
                 let value = match *op {
@@ -2918,69 +3453,11 @@ impl Vm {
                     Op::Call(argc, name) => {
                         let span = code.spans[pc - 1];
                         let base = self.stack.len() - argc as usize - 1;
-                        match self.stack[base] {
-                            Value::Lambda(_) => {
-                                self.calls[f].pc = pc;
-                                let caller = if lazy {
-                                    Caller::frame(f)
-                                } else {
-                                    Caller::env(env)
-                                };
-                                match self.enter_call(base, caller, span, name) {
-                                    Ok(Some(v)) => {
-                                        // Answered without a frame (an
-                                        // accessor, a partial application:
-                                        // making it may have made this
-                                        // call's scope).
-                                        self.stack.push(v);
-                                        lazy = self.is_lazy(f);
-                                        env = self.calls[f].env;
-                                    }
-                                    Ok(None) => {
-                                        // A frame with no scope yet, of this
-                                        // same code (a recursion): only the
-                                        // frame's place changes.
-                                        let callee = &self.calls[self.calls.len() - 1];
-                                        if callee.code.is_none()
-                                            && std::ptr::eq(callee.code_at, Rc::as_ptr(&proto))
-                                        {
-                                            debug_assert!(callee.pc == 0 && callee.env.is_none());
-                                            debug_assert_eq!(self.calls.len(), f + 2);
-                                            f += 1;
-                                            fp = callee.fp;
-                                            pc = 0;
-                                            env = None;
-                                            lazy = true;
-                                            continue;
-                                        }
-                                        continue 'frame;
-                                    }
-                                    Err(e) => throw!(e),
-                                }
-                            }
-                            Value::Builtin(id) => {
-                                self.calls[f].pc = pc;
-                                if lazy && self.wants_env(id, base) {
-                                    need_env!();
-                                }
-                                match self.call_builtin(id, base, env, span) {
-                                    Ok(v) => self.stack.push(v),
-                                    Err(e) => throw!(e),
-                                }
-                            }
-                            head => {
-                                // Not a function: the elements were evaluated
-                                // in order, and the last is the value.
-                                let v = if argc > 0 {
-                                    self.stack[self.stack.len() - 1]
-                                } else {
-                                    head
-                                };
-                                self.stack.truncate(base);
-                                self.stack.push(v);
-                            }
+                        self.calls[f].pc = pc;
+                        match self.call_value(f, base, span, name) {
+                            Ok(_) => continue 'frame,
+                            Err(e) => throw!(e),
                         }
-                        continue;
                     }
                     Op::TailSelf(i) => {
                         let tail = &code.tail_selfs[i as usize];
@@ -2996,45 +3473,14 @@ impl Vm {
                     }
                     Op::TailCall(argc, name) => {
                         let span = code.spans[pc - 1];
-                        let callee = self.stack.len() - argc as usize - 1;
-                        // A loop: the call replaces itself in place, and the
-                        // code, scope and formals stay where they are.
-                        if lazy {
-                            if let Value::Lambda(g) = self.stack[callee] {
-                                if self.lazy_self_call(f, g, callee) {
-                                    self.fuel -= 1;
-                                    if self.fuel == 0 {
-                                        if let Err(e) = self.refuel(span) {
-                                            return Err(self.unwind(stop, e, true));
-                                        }
-                                    }
-                                    let frame = &mut self.calls[f];
-                                    frame.span = span;
-                                    frame.name = name;
-                                    if let Err(e) = self.safe_point() {
-                                        throw!(e)
-                                    }
-                                    pc = 0;
-                                    continue;
-                                }
+                        match self.tail_call_op(f, pc, argc, span, name) {
+                            Ok(Tail::Again) => {
+                                pc = 0;
+                                continue;
                             }
-                        }
-                        let accessed = match self.stack[callee] {
-                            Value::Lambda(g) => self.call_in_place(g, callee),
-                            _ => None,
-                        };
-                        if let Some(v) = accessed {
-                            // The running call returns what that call gives.
-                            v
-                        } else {
-                            self.calls[f].pc = pc;
-                            match self.tail_dispatch(f, callee, env, span, name) {
-                                Ok(Next::Return(v)) => v,
-                                Ok(Next::Enter) => {
-                                    continue 'frame;
-                                }
-                                Err((e, skip)) => return Err(self.unwind(stop, e, skip)),
-                            }
+                            Ok(Tail::Return(v)) => v,
+                            Ok(Tail::Enter) => continue 'frame,
+                            Err((e, skip)) => return Err(self.unwind(stop, e, skip)),
                         }
                     }
                     // Read in place, not popped: the frame's values are
@@ -3130,39 +3576,13 @@ impl Vm {
                         throw!(self.error_at("no selection found", span))
                     }
                 };
-                // The frame returns `value`. Its fields are read where
-                // they are (a whole copy of a frame just pushed would load
-                // across the stores of its fields: see `push_frame`).
-                debug_assert_eq!(f + 1, self.calls.len());
-                let (base, act) = {
-                    let frame = &mut self.calls[f];
-                    (frame.base, frame.act.take())
-                };
-                // The running frame is the last one: said so, dropping it
-                // is one test of its code rather than a loop over frames.
-                let [_] = self.calls[f..] else {
-                    unreachable!("the running frame is the last")
-                };
-                self.calls.truncate(f);
-                self.stack.truncate(base);
-                if let Some(act) = act {
-                    self.depth -= 1;
-                    self.end_activation(act);
-                }
+                // The frame returns `value`.
+                self.pop_frame(f);
                 if f == stop {
-                    return Ok(value);
+                    return Ok(Some(value));
                 }
                 self.stack.push(value);
-                // Back in a caller running this same code (a recursion):
-                // the code stays, only the frame's place changes.
-                let caller = &self.calls[f - 1];
-                if std::ptr::eq(caller.code_at, Rc::as_ptr(&proto)) {
-                    (pc, env, fp) = (caller.pc, caller.env, caller.fp);
-                    f -= 1;
-                    lazy = self.is_lazy(f);
-                    continue;
-                }
-                continue 'frame;
+                return Ok(None);
             }
         }
     }
