@@ -2937,7 +2937,19 @@ impl Vm {
                         let span = code.spans[pc - 1];
                         // The commonest call: a lambda entered directly
                         // (see `enter_call`), its body run in a frame.
+                        let frame = &self.calls[f];
                         let direct = match self.stack[base] {
+                            // The lambda this frame was entered with, with
+                            // as many arguments (a recursion): its code is
+                            // this one, nothing to look up.
+                            Value::Lambda(g)
+                                if frame.self_fn == Some(g)
+                                    && frame.top - frame.fp == argc as usize
+                                    && self.depth < self.max_depth
+                                    && self.fuel > 1 =>
+                            {
+                                Some((g, Rc::as_ptr(&proto), frame.lambda_env))
+                            }
                             Value::Builtin(id) if !lazy || !self.wants_env(id, base) => {
                                 self.calls[f].pc = pc;
                                 match self.call_builtin(id, base, env, span) {
