@@ -2783,6 +2783,112 @@ impl Vm {
                     }
                 }};
             }
+            // A `Call(argc, name)`: its op just run.
+            macro_rules! call {
+                ($argc:expr, $name:expr) => {{
+                    let (argc, name): (u32, Option<Sym>) = ($argc, $name);
+                    let base = self.stack.len() - argc as usize - 1;
+                    let span = code.spans[pc - 1];
+                    // The commonest call: a lambda entered directly
+                    // (see `enter_call`), its body run in a frame.
+                    let frame = &self.calls[f];
+                    let direct = match self.stack[base] {
+                        // The lambda this frame was entered with, with
+                        // as many arguments (a recursion): its code is
+                        // this one, nothing to look up.
+                        Value::Lambda(g)
+                            if frame.self_fn == Some(g)
+                                && frame.top - frame.fp == argc as usize
+                                && self.depth < self.max_depth
+                                && self.fuel > 1 =>
+                        {
+                            Some((g, Rc::as_ptr(&proto), frame.lambda_env))
+                        }
+                        Value::Builtin(id) if !lazy || !self.wants_env(id, base) => {
+                            self.calls[f].pc = pc;
+                            match self.call_builtin(id, base, env, span) {
+                                Ok(v) => self.stack.push(v),
+                                Err(e) => return Err(self.unwind(stop, e, false)),
+                            }
+                            continue;
+                        }
+                        Value::Lambda(g) => {
+                            let lambda = self.heap.lambda(g);
+                            let direct = usize::from(lambda.direct) == argc as usize
+                                && self.depth < self.max_depth
+                                && self.fuel > 1;
+                            let (code_at, lambda_env) = (Rc::as_ptr(&lambda.proto), lambda.env);
+                            if direct && !lambda.general {
+                                if let Some(v) = self.shaped_value(g, base) {
+                                    self.stack.push(v);
+                                    continue;
+                                }
+                            }
+                            if !direct {
+                                // Bound or rest arguments, limits, fuel.
+                                self.calls[f].pc = pc;
+                                let caller = if lazy {
+                                    Caller::frame(f)
+                                } else {
+                                    Caller::env(env)
+                                };
+                                match self.enter_call_slow(base, caller, span, name) {
+                                    Ok(Some(v)) => {
+                                        self.stack.push(v);
+                                        lazy = self.is_lazy(f);
+                                        env = self.calls[f].env;
+                                        continue;
+                                    }
+                                    Ok(None) => continue 'frame,
+                                    Err(e) => return Err(self.unwind(stop, e, false)),
+                                }
+                            }
+                            Some((g, code_at, lambda_env))
+                        }
+                        _ => None,
+                    };
+                    let Some((g, code_at, lambda_env)) = direct else {
+                        self.calls[f].pc = pc;
+                        match self.call_value(f, base, span, name) {
+                            Ok(true) => continue 'frame,
+                            Ok(false) => {
+                                lazy = self.is_lazy(f);
+                                env = self.calls[f].env;
+                                continue;
+                            }
+                            Err(e) => return Err(self.unwind(stop, e, false)),
+                        }
+                    };
+                    self.calls[f].pc = pc;
+                    let caller = if lazy {
+                        Caller::frame(f)
+                    } else {
+                        Caller::env(env)
+                    };
+                    self.fuel -= 1;
+                    if let Err(e) = self.push_lazy_frame(
+                        code_at,
+                        base,
+                        argc as usize,
+                        span,
+                        name,
+                        lambda_env,
+                        caller,
+                        Some(g),
+                    ) {
+                        return Err(self.unwind(stop, e, false));
+                    }
+                    if std::ptr::eq(code_at, Rc::as_ptr(&proto)) {
+                        f += 1;
+                        fp = base + 1;
+                        pc = 0;
+                        env = None;
+                        lazy = true;
+                        continue;
+                    }
+                    continue 'frame;
+                }};
+            }
             loop {
                 let op = &ops[pc];
                 pc += 1;
@@ -2819,16 +2925,26 @@ impl Vm {
                         };
                         self.stack.push(v);
                         self.stack.push(r);
-                        // The `PrimLocalNum` that follows, done.
+                        // The `PrimLocalNum` that follows, done; a `Call`
+                        // after it is made here rather than dispatched.
                         pc += 1;
+                        if let Some(&Op::Call(argc, name)) = ops.get(pc) {
+                            pc += 1;
+                            call!(argc, name)
+                        }
                         continue;
                     }
                     Op::LocalLocal(a, b) => {
                         let (x, y) = (self.stack[fp + a as usize], self.stack[fp + b as usize]);
                         self.stack.push(x);
                         self.stack.push(y);
-                        // The `Local(b)` that follows, done.
+                        // The `Local(b)` that follows, done; a `Call`
+                        // after it is made here.
                         pc += 1;
+                        if let Some(&Op::Call(argc, name)) = ops.get(pc) {
+                            pc += 1;
+                            call!(argc, name)
+                        }
                         continue;
                     }
                     Op::LocalNums(op, a, j, op2, b, k) => {
@@ -2932,108 +3048,7 @@ impl Vm {
                         self.stack.pop();
                         continue;
                     }
-                    Op::Call(argc, name) => {
-                        let base = self.stack.len() - argc as usize - 1;
-                        let span = code.spans[pc - 1];
-                        // The commonest call: a lambda entered directly
-                        // (see `enter_call`), its body run in a frame.
-                        let frame = &self.calls[f];
-                        let direct = match self.stack[base] {
-                            // The lambda this frame was entered with, with
-                            // as many arguments (a recursion): its code is
-                            // this one, nothing to look up.
-                            Value::Lambda(g)
-                                if frame.self_fn == Some(g)
-                                    && frame.top - frame.fp == argc as usize
-                                    && self.depth < self.max_depth
-                                    && self.fuel > 1 =>
-                            {
-                                Some((g, Rc::as_ptr(&proto), frame.lambda_env))
-                            }
-                            Value::Builtin(id) if !lazy || !self.wants_env(id, base) => {
-                                self.calls[f].pc = pc;
-                                match self.call_builtin(id, base, env, span) {
-                                    Ok(v) => self.stack.push(v),
-                                    Err(e) => return Err(self.unwind(stop, e, false)),
-                                }
-                                continue;
-                            }
-                            Value::Lambda(g) => {
-                                let lambda = self.heap.lambda(g);
-                                let direct = usize::from(lambda.direct) == argc as usize
-                                    && self.depth < self.max_depth
-                                    && self.fuel > 1;
-                                let (code_at, lambda_env) = (Rc::as_ptr(&lambda.proto), lambda.env);
-                                if direct && !lambda.general {
-                                    if let Some(v) = self.shaped_value(g, base) {
-                                        self.stack.push(v);
-                                        continue;
-                                    }
-                                }
-                                if !direct {
-                                    // Bound or rest arguments, limits, fuel.
-                                    self.calls[f].pc = pc;
-                                    let caller = if lazy {
-                                        Caller::frame(f)
-                                    } else {
-                                        Caller::env(env)
-                                    };
-                                    match self.enter_call_slow(base, caller, span, name) {
-                                        Ok(Some(v)) => {
-                                            self.stack.push(v);
-                                            lazy = self.is_lazy(f);
-                                            env = self.calls[f].env;
-                                            continue;
-                                        }
-                                        Ok(None) => continue 'frame,
-                                        Err(e) => return Err(self.unwind(stop, e, false)),
-                                    }
-                                }
-                                Some((g, code_at, lambda_env))
-                            }
-                            _ => None,
-                        };
-                        let Some((g, code_at, lambda_env)) = direct else {
-                            self.calls[f].pc = pc;
-                            match self.call_value(f, base, span, name) {
-                                Ok(true) => continue 'frame,
-                                Ok(false) => {
-                                    lazy = self.is_lazy(f);
-                                    env = self.calls[f].env;
-                                    continue;
-                                }
-                                Err(e) => return Err(self.unwind(stop, e, false)),
-                            }
-                        };
-                        self.calls[f].pc = pc;
-                        let caller = if lazy {
-                            Caller::frame(f)
-                        } else {
-                            Caller::env(env)
-                        };
-                        self.fuel -= 1;
-                        if let Err(e) = self.push_lazy_frame(
-                            code_at,
-                            base,
-                            argc as usize,
-                            span,
-                            name,
-                            lambda_env,
-                            caller,
-                            Some(g),
-                        ) {
-                            return Err(self.unwind(stop, e, false));
-                        }
-                        if std::ptr::eq(code_at, Rc::as_ptr(&proto)) {
-                            f += 1;
-                            fp = base + 1;
-                            pc = 0;
-                            env = None;
-                            lazy = true;
-                            continue;
-                        }
-                        continue 'frame;
-                    }
+                    Op::Call(argc, name) => call!(argc, name),
                     Op::TailSelf(i) => {
                         let tail = &code.tail_selfs[i as usize];
                         if let Some(Value::Lambda(g)) = global_fast!(tail.sym) {
