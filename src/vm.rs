@@ -2383,6 +2383,62 @@ impl Vm {
         true
     }
 
+    /// An arithmetic or comparison op of the running frame `f` on `a` and
+    /// `b`, past its fast path for Numbers: drops `drop` values (its
+    /// operands, kept rooted on the stack until now) and pushes the result.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn prim_push(
+        &mut self,
+        f: usize,
+        op: PrimOp,
+        form: Sym,
+        a: Value,
+        b: Value,
+        drop: usize,
+        span: Span,
+    ) -> Result<(), Gc> {
+        let v = self.prim_value(f, op, form, a, b, span)?;
+        let n = self.stack.len();
+        self.stack.truncate(n - drop);
+        self.stack.push(v);
+        Ok(())
+    }
+
+    /// `prim_push`'s result: equality of any two values inline (counted as
+    /// the builtin's call), else the call of whatever the operator's name
+    /// `form` holds (which may make `f`'s scope).
+    fn prim_value(
+        &mut self,
+        f: usize,
+        op: PrimOp,
+        form: Sym,
+        a: Value,
+        b: Value,
+        span: Span,
+    ) -> Result<Value, Gc> {
+        if self.prim_holds(op) {
+            match (a, b) {
+                (Value::Num(x), Value::Num(y)) => {
+                    if let Some(v) = prim_numbers(op, x, y) {
+                        return Ok(v);
+                    }
+                }
+                _ if matches!(op, PrimOp::Eq | PrimOp::Ne) => {
+                    let same = self.equal_counted(a, b, span)?;
+                    return Ok(Value::bool(same == (op == PrimOp::Eq)));
+                }
+                _ => {}
+            }
+        }
+        let env = if self.is_lazy(f) {
+            self.materialize(f)
+        } else {
+            self.calls[f].env
+        };
+        self.prim_slow(form, span, env, a, b)
+    }
+
     /// The value of a name read by the running frame `f` past the fast
     /// path for globals (which may make `f`'s scope, for dynamic
     /// fallback).
@@ -2740,6 +2796,35 @@ impl Vm {
                     }
                 }};
             }
+            // `Name` past the fast path for globals: pushes the value.
+            macro_rules! name_push {
+                ($sym:expr) => {{
+                    match self.name_value(f, $sym, code.spans[pc - 1]) {
+                        Ok(v) => {
+                            lazy = self.is_lazy(f);
+                            env = self.calls[f].env;
+                            self.stack.push(v);
+                            continue;
+                        }
+                        Err(e) => return Err(self.unwind(stop, e, false)),
+                    }
+                }};
+            }
+            // An arithmetic or comparison op past its fast path, on `$a`
+            // and `$b` (which stay rooted where they are until it is done):
+            // drops `$drop` values and pushes the result.
+            macro_rules! prim_push {
+                ($op:expr, $form:expr, $a:expr, $b:expr, $drop:expr) => {{
+                    self.calls[f].pc = pc;
+                    let span = code.spans[pc - 1];
+                    if let Err(e) = self.prim_push(f, $op, $form, $a, $b, $drop, span) {
+                        return Err(self.unwind(stop, e, false));
+                    }
+                    lazy = self.is_lazy(f);
+                    env = self.calls[f].env;
+                    continue;
+                }};
+            }
             macro_rules! local_num {
                 ($op:expr, $slot:expr, $k:expr) => {{
                     match &self.stack[fp + $slot as usize] {
@@ -2904,24 +2989,21 @@ impl Vm {
                         continue;
                     }
                     Op::Name(sym) => {
-                        let v = match global_fast!(sym) {
-                            Some(v) => v,
-                            None => match self.name_value(f, sym, code.spans[pc - 1]) {
-                                Ok(v) => {
-                                    lazy = self.is_lazy(f);
-                                    env = self.calls[f].env;
-                                    v
-                                }
-                                Err(e) => return Err(self.unwind(stop, e, false)),
-                            },
+                        let Some(v) = global_fast!(sym) else {
+                            name_push!(sym)
                         };
                         self.stack.push(v);
                         continue;
                     }
                     Op::NameLocalNum(sym, op, slot, k) => {
-                        let Some(v) = global_fast!(sym) else { slow!() };
+                        // Otherwise as `Name`: the `PrimLocalNum` runs next.
+                        let Some(v) = global_fast!(sym) else {
+                            name_push!(sym)
+                        };
                         let Some(r) = local_num!(op, slot, k) else {
-                            slow!()
+                            // The `PrimLocalNum` runs next.
+                            self.stack.push(v);
+                            continue;
                         };
                         self.stack.push(v);
                         self.stack.push(r);
@@ -2950,7 +3032,21 @@ impl Vm {
                     Op::LocalNums(op, a, j, op2, b, k) => {
                         let (Some(v), Some(w)) = (local_num!(op, a, j), local_num!(op2, b, k))
                         else {
-                            slow!()
+                            // As the first `PrimLocalNum`; the second runs next.
+                            let x = self.stack[fp + a as usize];
+                            match local_num!(op, a, j) {
+                                Some(v) => {
+                                    self.stack.push(v);
+                                    continue;
+                                }
+                                None => prim_push!(
+                                    op,
+                                    self.forms.prims[op as usize].0,
+                                    x,
+                                    Value::Num(j as i64),
+                                    0
+                                ),
+                            }
                         };
                         self.stack.push(v);
                         self.stack.push(w);
@@ -2963,20 +3059,32 @@ impl Vm {
                             self.stack.push(v);
                             continue;
                         }
-                        None => slow!(),
+                        None => {
+                            let x = self.stack[fp + slot as usize];
+                            prim_push!(
+                                op,
+                                self.forms.prims[op as usize].0,
+                                x,
+                                Value::Num(k as i64),
+                                0
+                            )
+                        }
                     },
                     Op::PrimLocals(op, x, y) => {
-                        let v = match (&self.stack[fp + x as usize], &self.stack[fp + y as usize]) {
+                        let (a, b) = (self.stack[fp + x as usize], self.stack[fp + y as usize]);
+                        let v = match (&a, &b) {
                             (Value::Num(x), Value::Num(y)) if self.prim_holds(op) => {
                                 prim_numbers(op, *x, *y)
                             }
                             _ => None,
                         };
-                        let Some(v) = v else { slow!() };
+                        let Some(v) = v else {
+                            prim_push!(op, self.forms.prims[op as usize].0, a, b, 0)
+                        };
                         self.stack.push(v);
                         continue;
                     }
-                    Op::Prim(op, _) => {
+                    Op::Prim(op, form) => {
                         let n = self.stack.len();
                         let v = match (&self.stack[n - 2], &self.stack[n - 1]) {
                             (Value::Num(x), Value::Num(y)) if self.prim_holds(op) => {
@@ -2994,12 +3102,15 @@ impl Vm {
                             }
                             _ => None,
                         };
-                        let Some(v) = v else { slow!() };
+                        let Some(v) = v else {
+                            let (a, b) = (self.stack[n - 2], self.stack[n - 1]);
+                            prim_push!(op, form, a, b, 2)
+                        };
                         self.stack.truncate(n - 1);
                         self.stack[n - 2] = v;
                         continue;
                     }
-                    Op::PrimReturn(op, _) => {
+                    Op::PrimReturn(op, form) => {
                         let n = self.stack.len();
                         let v = match (&self.stack[n - 2], &self.stack[n - 1]) {
                             (Value::Num(x), Value::Num(y)) if self.prim_holds(op) => {
@@ -3007,7 +3118,12 @@ impl Vm {
                             }
                             _ => None,
                         };
-                        let Some(v) = v else { slow!() };
+                        // Otherwise as `Prim`; the `Return` after it
+                        // returns the result.
+                        let Some(v) = v else {
+                            let (a, b) = (self.stack[n - 2], self.stack[n - 1]);
+                            prim_push!(op, form, a, b, 2)
+                        };
                         v
                     }
                     Op::TestLocalNum(op, slot, k, target) => test_local_num!(op, slot, k, target),
@@ -3074,14 +3190,20 @@ impl Vm {
                                 Err((e, skip)) => return Err(self.unwind(stop, e, skip)),
                             }
                         }
-                        match self.tail_call_op(f, pc, argc, span, name) {
-                            Ok(Tail::Again) => {
-                                pc = 0;
-                                continue;
+                        let accessed = match self.stack[callee] {
+                            Value::Lambda(g) => self.call_in_place(g, callee),
+                            _ => None,
+                        };
+                        if let Some(v) = accessed {
+                            // The running call returns what that call gives.
+                            v
+                        } else {
+                            self.calls[f].pc = pc;
+                            match self.tail_dispatch(f, callee, env, span, name) {
+                                Ok(Next::Return(v)) => v,
+                                Ok(Next::Enter) => continue 'frame,
+                                Err((e, skip)) => return Err(self.unwind(stop, e, skip)),
                             }
-                            Ok(Tail::Return(v)) => v,
-                            Ok(Tail::Enter) => continue 'frame,
-                            Err((e, skip)) => return Err(self.unwind(stop, e, skip)),
                         }
                     }
                     Op::Return => match self.stack.last() {
