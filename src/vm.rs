@@ -137,16 +137,6 @@ fn grow_frames(calls: &mut Vec<Frame>) {
     calls.reserve(calls.len().max(16));
 }
 
-/// What a `TailCall` op leads to.
-enum Tail {
-    /// The running frame starts again (a loop).
-    Again,
-    /// The running frame returns this value.
-    Return(Value),
-    /// Continue with the frame now on top.
-    Enter,
-}
-
 /// What a call in tail position leads to.
 enum Next {
     /// The running frame returns this value.
@@ -2538,37 +2528,6 @@ impl Vm {
         Ok(true)
     }
 
-    /// A `TailCall` op of the running frame `f` (its pc just past the op).
-    /// The error flag says whether the frame is already traced.
-    #[inline(never)]
-    fn tail_call_op(
-        &mut self,
-        f: usize,
-        pc: usize,
-        argc: u32,
-        span: Span,
-        name: Option<Sym>,
-    ) -> Result<Tail, (Gc, bool)> {
-        let callee = self.stack.len() - argc as usize - 1;
-        if self.is_lazy(f) && self.tail_loop(f, callee, span, name)? {
-            return Ok(Tail::Again);
-        }
-        let accessed = match self.stack[callee] {
-            Value::Lambda(g) => self.call_in_place(g, callee),
-            _ => None,
-        };
-        if let Some(v) = accessed {
-            // The running call returns what that call gives.
-            return Ok(Tail::Return(v));
-        }
-        self.calls[f].pc = pc;
-        let env = self.calls[f].env;
-        match self.tail_dispatch(f, callee, env, span, name)? {
-            Next::Return(v) => Ok(Tail::Return(v)),
-            Next::Enter => Ok(Tail::Enter),
-        }
-    }
-
     /// A call in tail position of frame `f`, of the function at
     /// `stack[base]` (`base` is the frame's base). Frames of top-level code
     /// have no call to replace, so they make an ordinary call (their next op
@@ -2759,9 +2718,10 @@ impl Vm {
     /// frame returns; its value is the result. Lisp calls push frames here
     /// instead of recursing natively.
     ///
-    /// This loop holds only the fast paths of the common ops, so that the
-    /// op loop's state stays in registers; an op past its fast path (or a
-    /// rare op) is run by `run_step`, which does everything, from the
+    /// This loop runs the common ops — their fast paths inline, their
+    /// other paths through small out-of-line helpers — so that the op
+    /// loop's state stays in registers. A test past its fast path, a
+    /// rebound form and the rare ops are run by `run_step`, from the
     /// frame's saved state.
     fn run(&mut self, stop: usize) -> Result<Value, Gc> {
         let mut proto = self.code_of(self.calls.len() - 1).clone();
@@ -3233,20 +3193,18 @@ impl Vm {
         }
     }
 
-    /// Runs one op of the top frame (`calls[stop]` or above) from the
-    /// frame's saved state, with every path of it: `None` when it is done
-    /// and the state saved again, or the value `calls[stop]` returned.
+    /// Runs the op at the top frame's saved pc, one that `run` hands over
+    /// (a test past its fast path, a rebound form, a condition that is not
+    /// a Number, a tree form, `EvalHead`, `NoSelection`), with every path
+    /// of it, from the frame's saved state: `None` when it is done and the
+    /// state saved again (the top frame may have changed), or the value
+    /// `calls[stop]` returned.
     #[inline(never)]
     fn run_step(&mut self, stop: usize) -> Result<Option<Value>, Gc> {
-        let mut stepped = false;
-        let mut f;
-        let mut pc;
-        let mut env;
-        let mut fp;
-        let mut lazy;
-        // The running frame's code, held here so each op is one load away.
-        let mut proto = self.code_of(self.calls.len() - 1).clone();
-        // Where `intact_forms` says whether `if` holds its builtin.
+        let f = self.calls.len() - 1;
+        let (mut pc, fp) = (self.calls[f].pc, self.calls[f].fp);
+        let proto = self.code_of(f).clone();
+        let code = &proto.code;
         let if_slot = (self.forms.if_.0 .0 & 127) as usize;
         macro_rules! throw {
             ($e:expr) => {{
@@ -3254,486 +3212,163 @@ impl Vm {
                 return Err(self.unwind(stop, e, false));
             }};
         }
-        // An arithmetic or comparison op past its fast path: the call of
-        // whatever its name holds, with the operands given.
-        macro_rules! prim_call {
-            ($op:expr, $a:expr, $b:expr) => {{
-                let form = self.forms.prims[$op as usize].0;
-                let span = proto.code.spans[pc - 1];
-                self.calls[f].pc = pc;
-                need_env!();
-                match self.prim_slow(form, span, env, $a, $b) {
-                    Ok(v) => self.stack.push(v),
-                    Err(e) => throw!(e),
-                }
-                continue;
-            }};
-        }
-        // `Prim` past its fast path for Numbers: equality of other values
-        // inline, else the call of whatever the operator's name holds;
-        // pushes the result.
-        macro_rules! prim_rest {
-            ($op:expr, $form:expr) => {{
-                let (op, form) = ($op, $form);
-                let n = self.stack.len();
-                let (a, b) = (self.stack[n - 2], self.stack[n - 1]);
-                if self.prim_holds(op) {
-                    let fast = match (a, b) {
-                        (Value::Num(x), Value::Num(y)) => prim_numbers(op, x, y),
-                        // Structural equality of any two values, as the
-                        // builtins do it, and counted as their call.
-                        _ if matches!(op, PrimOp::Eq | PrimOp::Ne) => {
-                            match self.equal_counted(a, b, proto.code.spans[pc - 1]) {
-                                Ok(same) => Some(Value::bool(same == (op == PrimOp::Eq))),
-                                Err(e) => throw!(e),
-                            }
-                        }
-                        _ => None,
-                    };
-                    if let Some(v) = fast {
-                        self.stack.truncate(n - 1);
-                        self.stack[n - 2] = v;
-                        continue;
-                    }
-                }
-                let span = proto.code.spans[pc - 1];
-                self.calls[f].pc = pc;
-                need_env!();
-                let result = self.prim_slow(form, span, env, a, b);
-                self.stack.truncate(n - 2);
-                match result {
-                    Ok(v) => self.stack.push(v),
-                    Err(e) => throw!(e),
-                }
-                continue;
-            }};
-        }
-        // Makes the running call's scope if it has none yet.
-        macro_rules! need_env {
+        // The running call's scope, made now if it has none yet.
+        macro_rules! scope {
             () => {{
-                if lazy {
-                    env = self.materialize(f);
-                    lazy = false;
+                if self.is_lazy(f) {
+                    self.materialize(f)
+                } else {
+                    self.calls[f].env
                 }
             }};
         }
-        'frame: loop {
-            f = self.calls.len() - 1;
-            pc = self.calls[f].pc;
-            env = self.calls[f].env;
-            fp = self.calls[f].fp;
-            lazy = self.is_lazy(f);
-            if !std::ptr::eq(Rc::as_ptr(&proto), self.calls[f].code_at) {
-                proto = self.code_of(f).clone();
-            }
-            let code = &proto.code;
-            let ops = &*code.ops;
-            // An inlined form whose name no longer holds its builtin
-            // (guard `$g`): its source runs as an ordinary call.
-            macro_rules! rebound {
-                ($g:expr) => {{
-                    need_env!();
-                    match self.run_rebound_form(f, &code.guards[$g as usize], env) {
-                        Ok(Some((v, end))) => {
-                            self.stack.push(v);
-                            pc = end;
-                        }
-                        Ok(None) => continue 'frame,
-                        Err(e) => throw!(e),
-                    }
-                    continue;
-                }};
-            }
-            // A name's value when it is a global read from a function
-            // defined at top level with no scope yet (dynamic fallback
-            // cannot find it sooner); `None` when `name_slow!` must look.
-            macro_rules! global_fast {
-                ($sym:expr) => {{
-                    match self.globals.get($sym.index()) {
-                        Some(Some(v)) if lazy && self.calls[f].lambda_env.is_none() => Some(*v),
-                        _ => None,
-                    }
-                }};
-            }
-            // `Name` past `global_fast!`: pushes the value or throws.
-            macro_rules! name_slow {
-                ($sym:expr) => {{
-                    match self.name_value(f, $sym, code.spans[pc - 1]) {
-                        Ok(v) => {
-                            self.stack.push(v);
-                            lazy = self.is_lazy(f);
-                            env = self.calls[f].env;
-                        }
-                        Err(e) => throw!(e),
-                    }
-                    continue;
-                }};
-            }
-            // `PrimLocalNum`.
-            macro_rules! prim_local_num {
-                ($op:expr, $slot:expr, $k:expr) => {{
-                    let (op, slot, k) = ($op, $slot, $k);
-                    if let Value::Num(x) = &self.stack[fp + slot as usize] {
-                        if self.prim_holds(op) {
-                            if let Some(v) = prim_numbers(op, *x, k as i64) {
-                                self.stack.push(v);
-                                continue;
-                            }
-                        }
-                    }
-                    let a = self.stack[fp + slot as usize];
-                    prim_call!(op, a, Value::Num(k as i64));
-                }};
-            }
-            // `TestLocalNum`: formals are read field by field in the fast
-            // paths, as a tail call has just stored them a word at a time.
-            macro_rules! test_local_num {
-                ($op:expr, $slot:expr, $k:expr, $target:expr) => {{
-                    let (op, slot, k, target) = ($op, $slot, $k, $target);
-                    if let Value::Num(x) = &self.stack[fp + slot as usize] {
-                        if self.prim_holds(op) {
-                            if let Some(holds) = compare_numbers(op, *x, k as i64) {
-                                // The `JumpIfFalse` that follows, done here.
-                                pc = if holds { pc + 1 } else { target as usize };
-                                continue;
-                            }
-                        }
-                    }
-                    let a = self.stack[fp + slot as usize];
-                    prim_call!(op, a, Value::Num(k as i64));
-                }};
-            }
-            // `TestLocals`.
-            macro_rules! test_locals {
-                ($op:expr, $x:expr, $y:expr, $target:expr) => {{
-                    let (op, x, y, target) = ($op, $x, $y, $target);
-                    if let (Value::Num(x), Value::Num(y)) =
-                        (&self.stack[fp + x as usize], &self.stack[fp + y as usize])
-                    {
-                        if self.prim_holds(op) {
-                            if let Some(holds) = compare_numbers(op, *x, *y) {
-                                // The `JumpIfFalse` that follows, done here.
-                                pc = if holds { pc + 1 } else { target as usize };
-                                continue;
-                            }
-                        }
-                    }
-                    let (a, b) = (self.stack[fp + x as usize], self.stack[fp + y as usize]);
-                    if self.prim_holds(op) {
-                        let holds = match (a, b) {
-                            (Value::Num(x), Value::Num(y)) => compare_numbers(op, x, y),
-                            _ if matches!(op, PrimOp::Eq | PrimOp::Ne) => {
-                                match self.equal_counted(a, b, proto.code.spans[pc - 1]) {
-                                    Ok(same) => Some(same == (op == PrimOp::Eq)),
-                                    Err(e) => throw!(e),
-                                }
-                            }
-                            _ => None,
-                        };
-                        if let Some(holds) = holds {
-                            // The `JumpIfFalse` that follows, done here.
-                            pc = if holds { pc + 1 } else { target as usize };
-                            continue;
-                        }
-                    }
-                    prim_call!(op, a, b);
-                }};
-            }
-            loop {
-                if stepped {
-                    self.calls[f].pc = pc;
-                    return Ok(None);
-                }
-                stepped = true;
-                let op = &ops[pc];
-                pc += 1;
-                let value = match *op {
-                    Op::Const(i) => {
-                        let v = code.values[i as usize];
-                        self.stack.push(v);
-                        continue;
-                    }
-                    Op::Local(slot) => {
-                        let v = self.stack[fp + slot as usize];
-                        self.stack.push(v);
-                        continue;
-                    }
-                    Op::Name(sym) => {
-                        if let Some(v) = global_fast!(sym) {
-                            self.stack.push(v);
-                            continue;
-                        }
-                        name_slow!(sym)
-                    }
-                    Op::NameLocalNum(sym, op, slot, k) => {
-                        if let Some(v) = global_fast!(sym) {
-                            if let Value::Num(x) = &self.stack[fp + slot as usize] {
-                                if self.prim_holds(op) {
-                                    if let Some(r) = prim_numbers(op, *x, k as i64) {
-                                        self.stack.push(v);
-                                        self.stack.push(r);
-                                        // The `PrimLocalNum` that follows, done.
-                                        pc += 1;
-                                        continue;
-                                    }
-                                }
-                            }
-                            self.stack.push(v);
-                            continue;
-                        }
-                        name_slow!(sym)
-                    }
-                    Op::LocalLocal(a, b) => {
-                        let (x, y) = (self.stack[fp + a as usize], self.stack[fp + b as usize]);
-                        self.stack.push(x);
-                        self.stack.push(y);
-                        // The `Local(b)` that follows, done.
-                        pc += 1;
-                        continue;
-                    }
-                    Op::LocalNums(op, a, j, op2, b, k) => {
-                        if let (Value::Num(x), Value::Num(y)) =
-                            (&self.stack[fp + a as usize], &self.stack[fp + b as usize])
-                        {
-                            if self.prim_holds(op) && self.prim_holds(op2) {
-                                if let (Some(v), Some(w)) = (
-                                    prim_numbers(op, *x, j as i64),
-                                    prim_numbers(op2, *y, k as i64),
-                                ) {
-                                    self.stack.push(v);
-                                    self.stack.push(w);
-                                    // The `PrimLocalNum` that follows, done.
-                                    pc += 1;
-                                    continue;
-                                }
-                            }
-                        }
-                        prim_local_num!(op, a, j)
-                    }
-                    Op::Prim(op, form) => {
-                        let n = self.stack.len();
-                        // Numbers read field by field, not whole: the
-                        // operands were often just stored that way (a
-                        // whole load across them could not be forwarded).
-                        if let (Value::Num(x), Value::Num(y)) =
-                            (&self.stack[n - 2], &self.stack[n - 1])
-                        {
-                            if self.prim_holds(op) {
-                                if let Some(v) = prim_numbers(op, *x, *y) {
-                                    self.stack.truncate(n - 1);
-                                    self.stack[n - 2] = v;
-                                    continue;
-                                }
-                            }
-                        }
-                        prim_rest!(op, form);
-                    }
-                    Op::PrimReturn(op, form) => {
-                        let n = self.stack.len();
-                        let fast = match (&self.stack[n - 2], &self.stack[n - 1]) {
-                            (Value::Num(x), Value::Num(y)) if self.prim_holds(op) => {
-                                prim_numbers(op, *x, *y)
-                            }
-                            _ => None,
-                        };
-                        match fast {
-                            // The `Return` that follows, done here.
-                            Some(v) => v,
-                            // As `Prim`; the `Return` after it returns the
-                            // result.
-                            None => prim_rest!(op, form),
-                        }
-                    }
-                    // Formals are read field by field in the fast paths:
-                    // a tail call has just stored them a word at a time.
-                    Op::PrimLocalNum(op, slot, k) => prim_local_num!(op, slot, k),
-                    Op::TestLocalNum(op, slot, k, target) => test_local_num!(op, slot, k, target),
-                    Op::PrimLocals(op, x, y) => {
-                        if let (Value::Num(x), Value::Num(y)) =
-                            (&self.stack[fp + x as usize], &self.stack[fp + y as usize])
-                        {
-                            if self.prim_holds(op) {
-                                if let Some(v) = prim_numbers(op, *x, *y) {
-                                    self.stack.push(v);
-                                    continue;
-                                }
-                            }
-                        }
-                        let (a, b) = (self.stack[fp + x as usize], self.stack[fp + y as usize]);
-                        if self.prim_holds(op) {
-                            if let (Value::Num(x), Value::Num(y)) = (a, b) {
-                                if let Some(v) = prim_numbers(op, x, y) {
-                                    self.stack.push(v);
-                                    continue;
-                                }
-                            } else if matches!(op, PrimOp::Eq | PrimOp::Ne) {
-                                match self.equal_counted(a, b, code.spans[pc - 1]) {
-                                    Ok(same) => {
-                                        self.stack.push(Value::bool(same == (op == PrimOp::Eq)))
-                                    }
-                                    Err(e) => throw!(e),
-                                }
-                                continue;
-                            }
-                        }
-                        prim_call!(op, a, b);
-                    }
-                    Op::TestLocals(op, x, y, target) => test_locals!(op, x, y, target),
-                    Op::JumpIfFalse(target, cond) => {
-                        match self.stack.pop() {
-                            Some(Value::Num(0)) => pc = target as usize,
-                            Some(Value::Num(_)) => {}
-                            other => {
-                                let span = code.spans[pc - 1];
-                                let v = other.unwrap_or(Value::Nil);
-                                throw!(self.condition_error(v, span, cond.name()))
-                            }
-                        }
-                        continue;
-                    }
-                    Op::Jump(target) => {
-                        pc = target as usize;
-                        continue;
-                    }
-                    Op::Pop => {
-                        self.stack.pop();
-                        continue;
-                    }
-                    Op::Call(argc, name) => {
-                        let span = code.spans[pc - 1];
-                        let base = self.stack.len() - argc as usize - 1;
-                        self.calls[f].pc = pc;
-                        match self.call_value(f, base, span, name) {
-                            Ok(_) => continue 'frame,
-                            Err(e) => throw!(e),
-                        }
-                    }
-                    Op::TailSelf(i) => {
-                        let tail = &code.tail_selfs[i as usize];
-                        if let Some(Value::Lambda(g)) = global_fast!(tail.sym) {
-                            match self.tail_self(f, fp, g, code, tail) {
-                                Ok(true) => pc = 0,
-                                Ok(false) => {}
-                                Err(e) => throw!(e),
-                            }
-                        }
-                        // Otherwise the ops of the call follow.
-                        continue;
-                    }
-                    Op::TailCall(argc, name) => {
-                        let span = code.spans[pc - 1];
-                        match self.tail_call_op(f, pc, argc, span, name) {
-                            Ok(Tail::Again) => {
-                                pc = 0;
-                                continue;
-                            }
-                            Ok(Tail::Return(v)) => v,
-                            Ok(Tail::Enter) => continue 'frame,
-                            Err((e, skip)) => return Err(self.unwind(stop, e, skip)),
-                        }
-                    }
-                    // Read in place, not popped: the frame's values are
-                    // dropped with it, and an `Option<Value>` is moved in
-                    // pieces that the next push stores the same way, which
-                    // the caller's next whole-value load cannot be
-                    // forwarded from.
-                    Op::Return => match self.stack.last() {
-                        Some(v) => *v,
-                        None => Value::Unit,
-                    },
-                    Op::ReturnLocal(slot) => self.stack[fp + slot as usize],
-                    Op::Tree(i) => {
-                        self.calls[f].pc = pc;
-                        need_env!();
-                        match self.eval(&proto.code.trees[i as usize], env) {
-                            Ok(v) => self.stack.push(v),
-                            Err(e) => throw!(e),
-                        }
-                        continue;
-                    }
-                    Op::TailTree(i) => {
-                        self.calls[f].pc = pc;
-                        need_env!();
-                        debug_assert!(!lazy);
-                        let tree = proto.clone();
-                        match self.exec(&tree.code.trees[i as usize], env, true) {
-                            Ok(Flow::Value(v)) => v,
-                            Ok(Flow::Call {
-                                base: b,
-                                env: e,
-                                span: s,
-                                name: n,
-                            }) => match self.tail_dispatch(f, b, e, s, n) {
-                                Ok(Next::Return(v)) => v,
-                                Ok(Next::Enter) => {
-                                    continue 'frame;
-                                }
-                                Err((e, skip)) => return Err(self.unwind(stop, e, skip)),
-                            },
-                            Ok(Flow::Eval { proto, env: e }) => {
-                                self.switch_code(f, proto, e);
-                                continue 'frame;
-                            }
-                            Err(e) => throw!(e),
-                        }
-                    }
-                    Op::Guard(i, form) => {
-                        if self.intact_forms[(form.0 & 127) as usize] {
-                            continue;
-                        }
-                        rebound!(i)
-                    }
-                    Op::IfTestLocalNum(op, slot, k, target, g) => {
-                        if self.intact_forms[if_slot] {
-                            test_local_num!(op, slot, k, target)
-                        }
-                        rebound!(g)
-                    }
-                    Op::IfTestLocals(op, x, y, target, g) => {
-                        if self.intact_forms[if_slot] {
-                            test_locals!(op, x, y, target)
-                        }
-                        rebound!(g)
-                    }
-                    Op::EvalHead(end) => {
-                        let n = self.stack.len();
-                        let (e, h, x) = (self.stack[n - 3], self.stack[n - 2], self.stack[n - 1]);
-                        if let (Value::Builtin(e), Value::Builtin(h), Value::Q(g)) = (e, h, x) {
-                            let first = self.heap.cons(g).head;
-                            if e == self.forms.eval.1
-                                && h == self.forms.head.1
-                                && !matches!(first, Value::Sym(_) | Value::S(_))
-                            {
-                                // Counted as the two calls it stands for.
-                                for _ in 0..2 {
-                                    self.fuel -= 1;
-                                    if self.fuel == 0 {
-                                        if let Err(e) = self.refuel(code.spans[pc - 1]) {
-                                            throw!(e)
-                                        }
-                                    }
-                                }
-                                self.stack.truncate(n - 3);
-                                self.stack.push(first);
-                                pc = end as usize;
-                            }
-                        }
-                        continue;
-                    }
-                    Op::NoSelection => {
-                        let span = code.spans[pc - 1];
-                        throw!(self.error_at("no selection found", span))
-                    }
-                };
-                // The frame returns `value`.
-                self.pop_frame(f);
-                if f == stop {
-                    return Ok(Some(value));
-                }
-                self.stack.push(value);
+        // Done: the frame goes on at `$pc`.
+        macro_rules! next {
+            ($pc:expr) => {{
+                self.calls[f].pc = $pc;
                 return Ok(None);
-            }
+            }};
         }
+        // An inlined form whose name no longer holds its builtin (guard
+        // `$g`): its source runs as an ordinary call.
+        macro_rules! rebound {
+            ($g:expr) => {{
+                self.calls[f].pc = pc;
+                let env = scope!();
+                match self.run_rebound_form(f, &code.guards[$g as usize], env) {
+                    Ok(Some((v, end))) => {
+                        self.stack.push(v);
+                        next!(end)
+                    }
+                    // The frame was replaced or entered.
+                    Ok(None) => return Ok(None),
+                    Err(e) => throw!(e),
+                }
+            }};
+        }
+        // A comparison past its fast path: the call of whatever its name
+        // holds (or equality of any two values), its result pushed for
+        // the `JumpIfFalse` after it.
+        macro_rules! test_slow {
+            ($op:expr, $a:expr, $b:expr) => {{
+                let (op, a, b) = ($op, $a, $b);
+                self.calls[f].pc = pc;
+                let form = self.forms.prims[op as usize].0;
+                match self.prim_push(f, op, form, a, b, 0, code.spans[pc - 1]) {
+                    Ok(()) => return Ok(None),
+                    Err(e) => throw!(e),
+                }
+            }};
+        }
+        let op = code.ops[pc];
+        pc += 1;
+        let value = match op {
+            Op::TestLocalNum(op, slot, k, _) => {
+                test_slow!(op, self.stack[fp + slot as usize], Value::Num(k as i64))
+            }
+            Op::TestLocals(op, x, y, _) => {
+                test_slow!(op, self.stack[fp + x as usize], self.stack[fp + y as usize])
+            }
+            Op::IfTestLocalNum(op, slot, k, _, g) => {
+                if !self.intact_forms[if_slot] {
+                    rebound!(g)
+                }
+                test_slow!(op, self.stack[fp + slot as usize], Value::Num(k as i64))
+            }
+            Op::IfTestLocals(op, x, y, _, g) => {
+                if !self.intact_forms[if_slot] {
+                    rebound!(g)
+                }
+                test_slow!(op, self.stack[fp + x as usize], self.stack[fp + y as usize])
+            }
+            Op::Guard(i, form) => {
+                if self.intact_forms[(form.0 & 127) as usize] {
+                    next!(pc)
+                }
+                rebound!(i)
+            }
+            Op::JumpIfFalse(target, cond) => match self.stack.pop() {
+                Some(Value::Num(0)) => next!(target as usize),
+                Some(Value::Num(_)) => next!(pc),
+                other => {
+                    let span = code.spans[pc - 1];
+                    let v = other.unwrap_or(Value::Nil);
+                    throw!(self.condition_error(v, span, cond.name()))
+                }
+            },
+            Op::Tree(i) => {
+                self.calls[f].pc = pc;
+                let env = scope!();
+                match self.eval(&code.trees[i as usize], env) {
+                    Ok(v) => {
+                        self.stack.push(v);
+                        return Ok(None);
+                    }
+                    Err(e) => throw!(e),
+                }
+            }
+            Op::TailTree(i) => {
+                self.calls[f].pc = pc;
+                let env = scope!();
+                match self.exec(&code.trees[i as usize], env, true) {
+                    Ok(Flow::Value(v)) => v,
+                    Ok(Flow::Call {
+                        base: b,
+                        env: e,
+                        span: s,
+                        name: n,
+                    }) => match self.tail_dispatch(f, b, e, s, n) {
+                        Ok(Next::Return(v)) => v,
+                        Ok(Next::Enter) => return Ok(None),
+                        Err((e, skip)) => return Err(self.unwind(stop, e, skip)),
+                    },
+                    Ok(Flow::Eval { proto, env: e }) => {
+                        self.switch_code(f, proto, e);
+                        return Ok(None);
+                    }
+                    Err(e) => throw!(e),
+                }
+            }
+            Op::EvalHead(end) => {
+                let n = self.stack.len();
+                let (e, h, x) = (self.stack[n - 3], self.stack[n - 2], self.stack[n - 1]);
+                if let (Value::Builtin(e), Value::Builtin(h), Value::Q(g)) = (e, h, x) {
+                    let first = self.heap.cons(g).head;
+                    if e == self.forms.eval.1
+                        && h == self.forms.head.1
+                        && !matches!(first, Value::Sym(_) | Value::S(_))
+                    {
+                        // Counted as the two calls it stands for.
+                        for _ in 0..2 {
+                            self.fuel -= 1;
+                            if self.fuel == 0 {
+                                if let Err(e) = self.refuel(code.spans[pc - 1]) {
+                                    throw!(e)
+                                }
+                            }
+                        }
+                        self.stack.truncate(n - 3);
+                        self.stack.push(first);
+                        next!(end as usize)
+                    }
+                }
+                // Otherwise the calls it stands before run.
+                next!(pc)
+            }
+            Op::NoSelection => {
+                let span = code.spans[pc - 1];
+                throw!(self.error_at("no selection found", span))
+            }
+            // `run` does every path of every other op itself.
+            other => unreachable!("op {:?} is run by `run`", other),
+        };
+        // The frame returns `value`.
+        self.pop_frame(f);
+        if f == stop {
+            return Ok(Some(value));
+        }
+        self.stack.push(value);
+        Ok(None)
     }
 }
 
