@@ -2375,7 +2375,8 @@ impl Vm {
 
     /// An arithmetic or comparison op of the running frame `f` on `a` and
     /// `b`, past its fast path for Numbers: drops `drop` values (its
-    /// operands, kept rooted on the stack until now) and pushes the result.
+    /// operands, kept rooted on the stack until now) and pushes the result
+    /// (the call may make `f`'s scope).
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
     fn prim_push(
@@ -2388,45 +2389,32 @@ impl Vm {
         drop: usize,
         span: Span,
     ) -> Result<(), Gc> {
-        let v = self.prim_value(f, op, form, a, b, span)?;
+        // Equality of any two values inline, counted as the builtin's
+        // call; else the call of whatever the operator's name holds.
+        let fast = match (a, b) {
+            _ if !self.prim_holds(op) => None,
+            (Value::Num(x), Value::Num(y)) => prim_numbers(op, x, y),
+            _ if matches!(op, PrimOp::Eq | PrimOp::Ne) => {
+                let same = self.equal_counted(a, b, span)?;
+                Some(Value::bool(same == (op == PrimOp::Eq)))
+            }
+            _ => None,
+        };
+        let v = match fast {
+            Some(v) => v,
+            None => {
+                let env = if self.is_lazy(f) {
+                    self.materialize(f)
+                } else {
+                    self.calls[f].env
+                };
+                self.prim_slow(form, span, env, a, b)?
+            }
+        };
         let n = self.stack.len();
         self.stack.truncate(n - drop);
         self.stack.push(v);
         Ok(())
-    }
-
-    /// `prim_push`'s result: equality of any two values inline (counted as
-    /// the builtin's call), else the call of whatever the operator's name
-    /// `form` holds (which may make `f`'s scope).
-    fn prim_value(
-        &mut self,
-        f: usize,
-        op: PrimOp,
-        form: Sym,
-        a: Value,
-        b: Value,
-        span: Span,
-    ) -> Result<Value, Gc> {
-        if self.prim_holds(op) {
-            match (a, b) {
-                (Value::Num(x), Value::Num(y)) => {
-                    if let Some(v) = prim_numbers(op, x, y) {
-                        return Ok(v);
-                    }
-                }
-                _ if matches!(op, PrimOp::Eq | PrimOp::Ne) => {
-                    let same = self.equal_counted(a, b, span)?;
-                    return Ok(Value::bool(same == (op == PrimOp::Eq)));
-                }
-                _ => {}
-            }
-        }
-        let env = if self.is_lazy(f) {
-            self.materialize(f)
-        } else {
-            self.calls[f].env
-        };
-        self.prim_slow(form, span, env, a, b)
     }
 
     /// The value of a name read by the running frame `f` past the fast
@@ -2483,20 +2471,19 @@ impl Vm {
                 };
                 self.call_builtin(id, base, env, span)?
             }
-            head => {
-                // Not a function: the elements were evaluated in order,
-                // and the last is the value.
-                let v = if self.stack.len() > base + 1 {
-                    self.stack[self.stack.len() - 1]
-                } else {
-                    head
-                };
-                self.stack.truncate(base);
-                v
-            }
+            _ => self.sequence_value(base),
         };
         self.stack.push(v);
         Ok(false)
+    }
+
+    /// A "call" of the value at `stack[base]`, which is not a function:
+    /// the elements were evaluated in order, and the last is the value.
+    /// Drops them.
+    fn sequence_value(&mut self, base: usize) -> Value {
+        let v = self.stack[self.stack.len() - 1];
+        self.stack.truncate(base);
+        v
     }
 
     /// A tail call by frame `f`, which has no scope yet, of the function
@@ -2651,15 +2638,7 @@ impl Vm {
                         Err(e) => return Err((e, !top)),
                     }
                 }
-                other => {
-                    let v = if self.stack.len() > callee + 1 {
-                        self.stack[self.stack.len() - 1]
-                    } else {
-                        other
-                    };
-                    self.stack.truncate(callee);
-                    return Ok(Next::Return(v));
-                }
+                _ => return Ok(Next::Return(self.sequence_value(callee))),
             }
         }
     }
@@ -2793,6 +2772,20 @@ impl Vm {
                     }
                 }};
             }
+            // A test's outcome (`None`: past its fast path): the
+            // `JumpIfFalse` after it done here, or the test and the jump
+            // run by `run_step`.
+            macro_rules! test_jump {
+                ($holds:expr, $target:expr) => {{
+                    match $holds {
+                        Some(holds) => {
+                            pc = if holds { pc + 1 } else { $target as usize };
+                            continue;
+                        }
+                        None => slow!(),
+                    }
+                }};
+            }
             macro_rules! test_local_num {
                 ($op:expr, $slot:expr, $k:expr, $target:expr) => {{
                     let holds = match &self.stack[fp + $slot as usize] {
@@ -2801,13 +2794,7 @@ impl Vm {
                         }
                         _ => None,
                     };
-                    match holds {
-                        Some(holds) => {
-                            pc = if holds { pc + 1 } else { $target as usize };
-                            continue;
-                        }
-                        None => slow!(),
-                    }
+                    test_jump!(holds, $target)
                 }};
             }
             macro_rules! test_locals {
@@ -2819,13 +2806,7 @@ impl Vm {
                         }
                         _ => None,
                     };
-                    match holds {
-                        Some(holds) => {
-                            pc = if holds { pc + 1 } else { $target as usize };
-                            continue;
-                        }
-                        None => slow!(),
-                    }
+                    test_jump!(holds, $target)
                 }};
             }
             // A `Call(argc, name)`: its op just run.
@@ -2934,6 +2915,22 @@ impl Vm {
                     continue 'frame;
                 }};
             }
+            // A fused push: both values pushed and the op the second
+            // stands for skipped; a `Call` after it is made here rather
+            // than dispatched.
+            macro_rules! fused_push {
+                ($a:expr, $b:expr) => {{
+                    let (a, b) = ($a, $b);
+                    self.stack.push(a);
+                    self.stack.push(b);
+                    pc += 1;
+                    if let Some(&Op::Call(argc, name)) = ops.get(pc) {
+                        pc += 1;
+                        call!(argc, name)
+                    }
+                    continue;
+                }};
+            }
             loop {
                 let op = &ops[pc];
                 pc += 1;
@@ -2965,29 +2962,13 @@ impl Vm {
                             self.stack.push(v);
                             continue;
                         };
-                        self.stack.push(v);
-                        self.stack.push(r);
-                        // The `PrimLocalNum` that follows, done; a `Call`
-                        // after it is made here rather than dispatched.
-                        pc += 1;
-                        if let Some(&Op::Call(argc, name)) = ops.get(pc) {
-                            pc += 1;
-                            call!(argc, name)
-                        }
-                        continue;
+                        // With the `PrimLocalNum` that follows.
+                        fused_push!(v, r)
                     }
                     Op::LocalLocal(a, b) => {
                         let (x, y) = (self.stack[fp + a as usize], self.stack[fp + b as usize]);
-                        self.stack.push(x);
-                        self.stack.push(y);
-                        // The `Local(b)` that follows, done; a `Call`
-                        // after it is made here.
-                        pc += 1;
-                        if let Some(&Op::Call(argc, name)) = ops.get(pc) {
-                            pc += 1;
-                            call!(argc, name)
-                        }
-                        continue;
+                        // With the `Local(b)` that follows.
+                        fused_push!(x, y)
                     }
                     Op::LocalNums(op, a, j, op2, b, k) => {
                         let (Some(v), Some(w)) = (local_num!(op, a, j), local_num!(op2, b, k))
