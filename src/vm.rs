@@ -2435,46 +2435,25 @@ impl Vm {
         self.lookup_lazy(f, sym, span)
     }
 
-    /// A call of the value at `stack[base]` with the arguments above it,
-    /// made by the running frame `f` (whose pc is saved): `true` when it
-    /// pushed a frame to run, `false` when it pushed the call's value
-    /// (having perhaps made `f`'s scope).
+    /// A call by the running frame `f` (whose pc is saved) of what is at
+    /// `stack[base]` when it is not a lambda: a builtin that uses the
+    /// caller's scope (made now if `f` has none yet), or a value that is
+    /// not a function. Pushes the call's value.
     #[inline(never)]
-    fn call_value(
-        &mut self,
-        f: usize,
-        base: usize,
-        span: Span,
-        name: Option<Sym>,
-    ) -> Result<bool, Gc> {
-        let lazy = self.is_lazy(f);
-        let env = self.calls[f].env;
+    fn call_other(&mut self, f: usize, base: usize, span: Span) -> Result<(), Gc> {
         let v = match self.stack[base] {
-            Value::Lambda(_) => {
-                let caller = if lazy {
-                    Caller::frame(f)
-                } else {
-                    Caller::env(env)
-                };
-                match self.enter_call(base, caller, span, name)? {
-                    // Answered without a frame (an accessor, a partial
-                    // application).
-                    Some(v) => v,
-                    None => return Ok(true),
-                }
-            }
             Value::Builtin(id) => {
-                let env = if lazy && self.wants_env(id, base) {
+                let env = if self.is_lazy(f) && self.wants_env(id, base) {
                     self.materialize(f)
                 } else {
-                    env
+                    self.calls[f].env
                 };
                 self.call_builtin(id, base, env, span)?
             }
             _ => self.sequence_value(base),
         };
         self.stack.push(v);
-        Ok(false)
+        Ok(())
     }
 
     /// A "call" of the value at `stack[base]`, which is not a function:
@@ -2875,15 +2854,12 @@ impl Vm {
                     };
                     let Some((g, code_at, lambda_env)) = direct else {
                         self.calls[f].pc = pc;
-                        match self.call_value(f, base, span, name) {
-                            Ok(true) => continue 'frame,
-                            Ok(false) => {
-                                lazy = self.is_lazy(f);
-                                env = self.calls[f].env;
-                                continue;
-                            }
-                            Err(e) => return Err(self.unwind(stop, e, false)),
+                        if let Err(e) = self.call_other(f, base, span) {
+                            return Err(self.unwind(stop, e, false));
                         }
+                        lazy = self.is_lazy(f);
+                        env = self.calls[f].env;
+                        continue;
                     };
                     self.calls[f].pc = pc;
                     let caller = if lazy {
@@ -2913,6 +2889,26 @@ impl Vm {
                         continue;
                     }
                     continue 'frame;
+                }};
+            }
+            // `op` on the two values on top, on Numbers; past that fast
+            // path, the two replaced by the result and the next op run.
+            macro_rules! top_two {
+                ($op:expr, $form:expr) => {{
+                    let (op, n) = ($op, self.stack.len());
+                    let v = match (&self.stack[n - 2], &self.stack[n - 1]) {
+                        (Value::Num(x), Value::Num(y)) if self.prim_holds(op) => {
+                            prim_numbers(op, *x, *y)
+                        }
+                        _ => None,
+                    };
+                    match v {
+                        Some(v) => v,
+                        None => {
+                            let (a, b) = (self.stack[n - 2], self.stack[n - 1]);
+                            prim_push!(op, $form, a, b, 2)
+                        }
+                    }
                 }};
             }
             // A fused push: both values pushed and the op the second
@@ -3026,47 +3022,16 @@ impl Vm {
                         continue;
                     }
                     Op::Prim(op, form) => {
+                        let v = top_two!(op, form);
                         let n = self.stack.len();
-                        let v = match (&self.stack[n - 2], &self.stack[n - 1]) {
-                            (Value::Num(x), Value::Num(y)) if self.prim_holds(op) => {
-                                prim_numbers(op, *x, *y)
-                            }
-                            // Equality of any two values, such as `(== l
-                            // nil)` ending a list walk.
-                            (&a, &b)
-                                if matches!(op, PrimOp::Eq | PrimOp::Ne) && self.prim_holds(op) =>
-                            {
-                                match self.equal_counted(a, b, code.spans[pc - 1]) {
-                                    Ok(same) => Some(Value::bool(same == (op == PrimOp::Eq))),
-                                    Err(e) => return Err(self.unwind(stop, e, false)),
-                                }
-                            }
-                            _ => None,
-                        };
-                        let Some(v) = v else {
-                            let (a, b) = (self.stack[n - 2], self.stack[n - 1]);
-                            prim_push!(op, form, a, b, 2)
-                        };
                         self.stack.truncate(n - 1);
                         self.stack[n - 2] = v;
                         continue;
                     }
-                    Op::PrimReturn(op, form) => {
-                        let n = self.stack.len();
-                        let v = match (&self.stack[n - 2], &self.stack[n - 1]) {
-                            (Value::Num(x), Value::Num(y)) if self.prim_holds(op) => {
-                                prim_numbers(op, *x, *y)
-                            }
-                            _ => None,
-                        };
-                        // Otherwise as `Prim`; the `Return` after it
-                        // returns the result.
-                        let Some(v) = v else {
-                            let (a, b) = (self.stack[n - 2], self.stack[n - 1]);
-                            prim_push!(op, form, a, b, 2)
-                        };
-                        v
-                    }
+                    // The `Return` that follows, done here on Numbers;
+                    // otherwise as `Prim`, and the `Return` returns the
+                    // result.
+                    Op::PrimReturn(op, form) => top_two!(op, form),
                     Op::TestLocalNum(op, slot, k, target) => test_local_num!(op, slot, k, target),
                     Op::TestLocals(op, x, y, target) => test_locals!(op, x, y, target),
                     Op::IfTestLocalNum(op, slot, k, target, _) => {
