@@ -54,11 +54,21 @@ pub enum Flow {
 
 /// One call in progress: its current frame, and whether a tail call
 /// replaced the first one.
-#[derive(Default)]
+#[derive(Clone, Copy, Default)]
 struct Activation {
     frame: Option<Gc>,
     replaced: bool,
 }
+
+/// A frame's call site when it is the `Call` op before its caller's pc
+/// (`Vm::call_site`): a call from the op loop's fast path stores this
+/// rather than loading the op's span and name. Never a real place (no file
+/// has this index, and its line is unknown).
+const AT_CALLER: Span = Span {
+    file: u32::MAX,
+    line: 0,
+    col: 0,
+};
 
 /// A frame of the explicit frame stack: code being run, where, and in
 /// which scope. Lisp calls have an activation; top-level code and code
@@ -83,7 +93,8 @@ struct Frame {
     /// Above the formals: where the frame's operands start.
     top: usize,
     act: Option<Activation>,
-    /// Call site and function name, for call traces.
+    /// Call site and function name, for call traces; `AT_CALLER`: those
+    /// of the `Call` op the caller frame stopped at.
     span: Span,
     name: Option<Sym>,
     /// For a call whose scope is not made yet (`act.frame` is `None`):
@@ -2290,13 +2301,32 @@ impl Vm {
             if let Some(act) = frame.act {
                 self.depth -= 1;
                 if !skip_top {
-                    e = self.trace(e, frame.name, frame.span);
+                    let (name, span) = self.call_site(&frame);
+                    e = self.trace(e, name, span);
                 }
                 self.end_activation(act);
             }
             skip_top = false;
         }
         e
+    }
+
+    /// The function name and call site of `frame`, just popped: its own,
+    /// or (`AT_CALLER`) those of the `Call` op its caller, now the top
+    /// frame, stopped at.
+    fn call_site(&self, frame: &Frame) -> (Option<Sym>, Span) {
+        if frame.span != AT_CALLER {
+            return (frame.name, frame.span);
+        }
+        let caller = self.calls.len() - 1;
+        let (code, at) = (&self.code_of(caller).code, self.calls[caller].pc - 1);
+        match code.ops.get(at) {
+            Some(&Op::Call(_, name)) => (name, code.spans[at]),
+            other => {
+                debug_assert!(false, "a frame at its caller's op {other:?}");
+                (frame.name, Span::NONE)
+            }
+        }
     }
 
     /// Calls the builtin at `stack[base]` (not in tail position).
@@ -2648,24 +2678,45 @@ impl Vm {
         Ok(Some((v, end as usize)))
     }
 
+    /// Pops frame `f`, the running one, and puts `value` where its
+    /// values began: for a call, in place of the function. The stack's
+    /// height is written once (a truncate and then a push would write it,
+    /// read it back and write it again, each waiting on the one before).
+    #[inline(always)]
+    fn return_value(&mut self, f: usize, value: Value) {
+        let base = self.calls[f].base;
+        if self.stack.len() > base {
+            self.pop_frame_to(f, base + 1);
+            self.stack[base] = value;
+        } else {
+            self.pop_frame(f);
+            self.stack.push(value);
+        }
+    }
+
     /// Drops the running frame `f` (the last one) with its values, and
-    /// ends its call. Its fields are read where they are (a whole copy of a
-    /// frame just pushed would load across the stores of its fields: see
-    /// `push_lazy_frame`).
+    /// ends its call.
     #[inline(always)]
     fn pop_frame(&mut self, f: usize) {
+        let base = self.calls[f].base;
+        self.pop_frame_to(f, base);
+    }
+
+    /// Drops the running frame `f`, leaving `height` values on the value
+    /// stack, and ends its call. The frame's fields are read where they
+    /// are (a whole copy of a frame just pushed would load across the
+    /// stores of its fields: see `push_lazy_frame`).
+    #[inline(always)]
+    fn pop_frame_to(&mut self, f: usize, height: usize) {
         debug_assert_eq!(f + 1, self.calls.len());
-        let (base, act) = {
-            let frame = &mut self.calls[f];
-            (frame.base, frame.act.take())
-        };
+        let act = self.calls[f].act;
         // The running frame is the last one: said so, dropping it is one
         // test of its code rather than a loop over frames.
         let [_] = self.calls[f..] else {
             unreachable!("the running frame is the last")
         };
         self.calls.truncate(f);
-        self.stack.truncate(base);
+        self.stack.truncate(height);
         if let Some(act) = act {
             self.depth -= 1;
             self.end_activation(act);
@@ -2793,7 +2844,9 @@ impl Vm {
                 ($argc:expr, $name:expr) => {{
                     let (argc, name): (u32, Option<Sym>) = ($argc, $name);
                     let base = self.stack.len() - argc as usize - 1;
-                    let span = code.spans[pc - 1];
+                    // Loaded only where a call needs it: a frame pushed
+                    // here finds it from this frame's pc (`AT_CALLER`).
+                    let span = || code.spans[pc - 1];
                     // The commonest call: a lambda entered directly
                     // (see `enter_call`), its body run in a frame.
                     let frame = &self.calls[f];
@@ -2811,7 +2864,7 @@ impl Vm {
                         }
                         Value::Builtin(id) if !lazy || !self.wants_env(id, base) => {
                             self.calls[f].pc = pc;
-                            match self.call_builtin(id, base, env, span) {
+                            match self.call_builtin(id, base, env, span()) {
                                 Ok(v) => self.stack.push(v),
                                 Err(e) => return Err(self.unwind(stop, e, false)),
                             }
@@ -2837,7 +2890,7 @@ impl Vm {
                                 } else {
                                     Caller::env(env)
                                 };
-                                match self.enter_call_slow(base, caller, span, name) {
+                                match self.enter_call_slow(base, caller, span(), name) {
                                     Ok(Some(v)) => {
                                         self.stack.push(v);
                                         lazy = self.is_lazy(f);
@@ -2854,7 +2907,7 @@ impl Vm {
                     };
                     let Some((g, code_at, lambda_env)) = direct else {
                         self.calls[f].pc = pc;
-                        if let Err(e) = self.call_other(f, base, span) {
+                        if let Err(e) = self.call_other(f, base, span()) {
                             return Err(self.unwind(stop, e, false));
                         }
                         lazy = self.is_lazy(f);
@@ -2872,8 +2925,8 @@ impl Vm {
                         code_at,
                         base,
                         argc as usize,
-                        span,
-                        name,
+                        AT_CALLER,
+                        None,
                         lambda_env,
                         caller,
                         Some(g),
@@ -3117,14 +3170,16 @@ impl Vm {
                         None => Value::Unit,
                     },
                     Op::ReturnLocal(slot) => self.stack[fp + slot as usize],
-                    _ => slow!(),
+                    // Every op is named (no default arm): the dispatch
+                    // needs no range test of the op before its jump.
+                    Op::Tree(_) | Op::TailTree(_) | Op::EvalHead(_) | Op::NoSelection => slow!(),
                 };
                 // The frame returns `value`.
-                self.pop_frame(f);
                 if f == stop {
+                    self.pop_frame(f);
                     return Ok(value);
                 }
-                self.stack.push(value);
+                self.return_value(f, value);
                 // Back in a caller running this same code (a recursion):
                 // the code stays, only the frame's place changes.
                 let caller = &self.calls[f - 1];
