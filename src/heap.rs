@@ -81,7 +81,8 @@ pub struct Lambda {
     /// them as they are (no bound arguments, no rest formal);
     /// `Lambda::NOT_DIRECT` otherwise.
     pub direct: u16,
-    /// Whether the body is a `Shape::General` one (run in a frame).
+    /// Whether the body is a `Shape::General` one with no `Entry` (always
+    /// run in a frame).
     pub general: bool,
     pub bound: Box<[Value]>,
 }
@@ -96,7 +97,8 @@ impl Lambda {
             }
             _ => Lambda::NOT_DIRECT,
         };
-        let general = proto.code.shape == crate::lower::Shape::General;
+        let general =
+            proto.code.shape == crate::lower::Shape::General && proto.code.entry.is_none();
         Lambda {
             proto,
             env,

@@ -170,6 +170,56 @@ pub struct Ops {
     /// For a `Shape::Leaf` body: bit `op as usize` set for each `PrimOp`
     /// it uses, so one test tells whether they all hold their builtins.
     pub leaf_prims: u16,
+    /// For a body that is an `if` with a base case (see `Entry`).
+    pub entry: Option<Entry>,
+}
+
+/// A body that is an `if` testing its formals (its first op is
+/// `IfTestLocalNum` or `IfTestLocals`) with a branch that only returns a
+/// formal — a recursion's base case, such as `fib`'s `{n}` or `tak`'s
+/// `{z}`. A call can run the test on its arguments before it makes a
+/// frame; when the test leads to that branch, the call's value is that
+/// argument, and no frame is needed.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    pub test: EntryTest,
+    /// The formal returned when the test holds, if that is all the branch
+    /// does.
+    pub then_local: Option<u16>,
+    /// The formal returned when it does not, likewise.
+    pub else_local: Option<u16>,
+}
+
+/// An `Entry`'s test, as its op has it.
+#[derive(Clone, Copy, Debug)]
+pub enum EntryTest {
+    /// `(op formal k)`.
+    LocalNum(PrimOp, u16, i32),
+    /// `(op formal formal)`.
+    Locals(PrimOp, u16, u16),
+}
+
+/// The `Entry` of lowered `ops`, if they have one.
+fn entry(ops: &[Op]) -> Option<Entry> {
+    let (test, target) = match *ops.first()? {
+        Op::IfTestLocalNum(op, slot, k, target, _) => (EntryTest::LocalNum(op, slot, k), target),
+        Op::IfTestLocals(op, a, b, target, _) => (EntryTest::Locals(op, a, b), target),
+        _ => return None,
+    };
+    // The test's jump, then the branch taken when it holds.
+    if !matches!(ops.get(1), Some(Op::JumpIfFalse(..))) {
+        return None;
+    }
+    let returns = |at: usize| match ops.get(at) {
+        Some(&Op::ReturnLocal(slot)) => u16::try_from(slot).ok(),
+        _ => None,
+    };
+    let (then_local, else_local) = (returns(2), returns(target as usize));
+    (then_local.is_some() || else_local.is_some()).then_some(Entry {
+        test,
+        then_local,
+        else_local,
+    })
 }
 
 /// Bodies whose calls can be answered at the call site, without a frame.
@@ -220,6 +270,7 @@ pub fn lower(body: Code, forms: &SpecialForms) -> Ops {
     Ops {
         shape,
         leaf_prims,
+        entry: entry(&l.ops),
         ops: l.ops.into_boxed_slice(),
         spans: l.spans.into_boxed_slice(),
         values: l.values.into_boxed_slice(),

@@ -18,7 +18,7 @@ use smallvec::SmallVec;
 use crate::compile::{Code, Compiler, Inline, PrimOp, Proto, SpecialForms};
 use crate::error::{ErrorData, Span};
 use crate::heap::{Env, Gc, Heap, Lambda, Object};
-use crate::lower::{Guard, Op, Ops, SelfArg, Shape, TAIL_SELF_ARGS};
+use crate::lower::{Entry, EntryTest, Guard, Op, Ops, SelfArg, Shape, TAIL_SELF_ARGS};
 use crate::symbol::{Sym, Symbols};
 use crate::value::{equal, Printer, Value};
 
@@ -1786,6 +1786,10 @@ impl Vm {
             (Shape::Leaf, _, _) => (self.run_leaf(&proto.code, base)?, 1),
             // The call and the two builtin calls it stands for.
             (Shape::Accessor(_), None, 4..) => (self.accessor_value(&proto, base)?, 3),
+            (Shape::General, _, _) => {
+                let entry = proto.code.entry.as_ref()?;
+                (self.entry_value(entry, base + 1, self.if_slot())?, 1)
+            }
             _ => return None,
         };
         self.fuel -= calls;
@@ -2023,7 +2027,10 @@ impl Vm {
     #[inline(never)]
     fn shaped_call(&mut self, proto: &Proto, env: Env, base: usize) -> Option<Value> {
         match proto.code.shape {
-            Shape::General => None,
+            Shape::General => {
+                let entry = proto.code.entry.as_ref()?;
+                self.entry_value(entry, base + 1, self.if_slot())
+            }
             Shape::Accessor(_) if env.is_none() && self.fuel > 2 => {
                 let v = self.accessor_value(proto, base)?;
                 self.fuel -= 2;
@@ -2327,6 +2334,44 @@ impl Vm {
                 (frame.name, Span::NONE)
             }
         }
+    }
+
+    /// `if`'s slot in `intact_forms`.
+    fn if_slot(&self) -> usize {
+        (self.forms.if_.0 .0 & 127) as usize
+    }
+
+    /// The value of a direct call of code with `entry`, whose formals are
+    /// at `fp`, when the entry test (on Numbers, with `if` — whose
+    /// `intact_forms` slot is `if_slot` — and its operator the builtins)
+    /// leads to the branch that only returns a formal: what running the
+    /// body would give, with nothing else happening. `None`: the call runs
+    /// in a frame.
+    #[inline(always)]
+    fn entry_value(&self, entry: &Entry, fp: usize, if_slot: usize) -> Option<Value> {
+        if !self.intact_forms[if_slot] {
+            return None;
+        }
+        let holds = match entry.test {
+            EntryTest::LocalNum(op, slot, k) => match &self.stack[fp + slot as usize] {
+                Value::Num(x) if self.prim_holds(op) => compare_numbers(op, *x, k as i64),
+                _ => None,
+            },
+            EntryTest::Locals(op, a, b) => {
+                match (&self.stack[fp + a as usize], &self.stack[fp + b as usize]) {
+                    (Value::Num(x), Value::Num(y)) if self.prim_holds(op) => {
+                        compare_numbers(op, *x, *y)
+                    }
+                    _ => None,
+                }
+            }
+        }?;
+        let slot = if holds {
+            entry.then_local
+        } else {
+            entry.else_local
+        }?;
+        Some(self.stack[fp + slot as usize])
     }
 
     /// Calls the builtin at `stack[base]` (not in tail position).
@@ -2734,7 +2779,7 @@ impl Vm {
     /// frame's saved state.
     fn run(&mut self, stop: usize) -> Result<Value, Gc> {
         let mut proto = self.code_of(self.calls.len() - 1).clone();
-        let if_slot = (self.forms.if_.0 .0 & 127) as usize;
+        let if_slot = self.if_slot();
         'frame: loop {
             let mut f = self.calls.len() - 1;
             let mut pc = self.calls[f].pc;
@@ -2860,7 +2905,7 @@ impl Vm {
                                 && self.depth < self.max_depth
                                 && self.fuel > 1 =>
                         {
-                            Some((g, Rc::as_ptr(&proto), frame.lambda_env))
+                            Some((g, Rc::as_ptr(&proto), frame.lambda_env, code.entry))
                         }
                         Value::Builtin(id) if !lazy || !self.wants_env(id, base) => {
                             self.calls[f].pc = pc;
@@ -2901,11 +2946,12 @@ impl Vm {
                                     Err(e) => return Err(self.unwind(stop, e, false)),
                                 }
                             }
-                            Some((g, code_at, lambda_env))
+                            // Its `Entry`, if any, was tried by `shaped_value`.
+                            Some((g, code_at, lambda_env, None))
                         }
                         _ => None,
                     };
-                    let Some((g, code_at, lambda_env)) = direct else {
+                    let Some((g, code_at, lambda_env, entry)) = direct else {
                         self.calls[f].pc = pc;
                         if let Err(e) = self.call_other(f, base, span()) {
                             return Err(self.unwind(stop, e, false));
@@ -2914,6 +2960,16 @@ impl Vm {
                         env = self.calls[f].env;
                         continue;
                     };
+                    // A base case of a recursion answered from the
+                    // arguments: no frame.
+                    if let Some(entry) = &entry {
+                        if let Some(v) = self.entry_value(entry, base + 1, if_slot) {
+                            self.fuel -= 1;
+                            self.stack.truncate(base + 1);
+                            self.stack[base] = v;
+                            continue;
+                        }
+                    }
                     self.calls[f].pc = pc;
                     let caller = if lazy {
                         Caller::frame(f)
@@ -3206,7 +3262,7 @@ impl Vm {
         let (mut pc, fp) = (self.calls[f].pc, self.calls[f].fp);
         let proto = self.code_of(f).clone();
         let code = &proto.code;
-        let if_slot = (self.forms.if_.0 .0 & 127) as usize;
+        let if_slot = self.if_slot();
         macro_rules! throw {
             ($e:expr) => {{
                 let e = $e;

@@ -105,6 +105,20 @@ fn step_budget_counts_every_call_from_the_first() {
     exact(3, "(fun {add x y} {+ x y}) ((add 1) 2)");
     exact(4, "(fun {dbl x} {* x 2}) (+ (dbl 1) (dbl 2)) (dbl 3)");
     exact(18, "(map (\\ {x} {x}) {1 2})");
+    // Base cases answered without a frame count as the calls they are.
+    exact(
+        6,
+        "(fun {f n} {if (< n 2) {n} {+ (f (- n 1)) (f (- n 2))}}) (f 3)",
+    );
+    exact(5, "(fun {g n} {if (> n 0) {g (- n 1)} {n}}) (g 3)");
+    exact(
+        4,
+        "(fun {p n} {if (< n 1) {n} {0}}) (fun {t x} {+ 1 (p x)}) (t 0)",
+    );
+    exact(
+        4,
+        "(fun {p n} {if (< n 1) {n} {0}}) (fun {t x} {p x}) (t 0)",
+    );
 }
 
 #[test]
