@@ -188,6 +188,9 @@ pub struct Entry {
     pub then_local: Option<u16>,
     /// The formal returned when it does not, likewise.
     pub else_local: Option<u16>,
+    /// Where each branch starts (past the test and its jump).
+    pub then_pc: u32,
+    pub else_pc: u32,
 }
 
 /// An `Entry`'s test, as its op has it.
@@ -219,6 +222,8 @@ fn entry(ops: &[Op]) -> Option<Entry> {
         test,
         then_local,
         else_local,
+        then_pc: 2,
+        else_pc: target,
     })
 }
 

@@ -2342,13 +2342,27 @@ impl Vm {
     }
 
     /// The value of a direct call of code with `entry`, whose formals are
-    /// at `fp`, when the entry test (on Numbers, with `if` — whose
-    /// `intact_forms` slot is `if_slot` — and its operator the builtins)
-    /// leads to the branch that only returns a formal: what running the
-    /// body would give, with nothing else happening. `None`: the call runs
-    /// in a frame.
+    /// at `fp`, when its entry test leads to the branch that only returns
+    /// a formal (see `entry_outcome`); `None`: the call runs in a frame.
     #[inline(always)]
     fn entry_value(&self, entry: &Entry, fp: usize, if_slot: usize) -> Option<Value> {
+        self.entry_outcome(entry, fp, if_slot)?.ok()
+    }
+
+    /// Runs the entry test of a direct call of code with `entry`, whose
+    /// formals are at `fp`, as the body's first op would (on Numbers, with
+    /// `if` — whose `intact_forms` slot is `if_slot` — and the operator
+    /// the builtins; `None` otherwise). `Ok`: the branch taken only
+    /// returns a formal, and this is its value — what running the body
+    /// would give, with nothing else happening. `Err`: where the body goes
+    /// on (the test done).
+    #[inline(always)]
+    fn entry_outcome(
+        &self,
+        entry: &Entry,
+        fp: usize,
+        if_slot: usize,
+    ) -> Option<Result<Value, u32>> {
         if !self.intact_forms[if_slot] {
             return None;
         }
@@ -2366,12 +2380,15 @@ impl Vm {
                 }
             }
         }?;
-        let slot = if holds {
-            entry.then_local
+        let (local, pc) = if holds {
+            (entry.then_local, entry.then_pc)
         } else {
-            entry.else_local
-        }?;
-        Some(self.stack[fp + slot as usize])
+            (entry.else_local, entry.else_pc)
+        };
+        Some(match local {
+            Some(slot) => Ok(self.stack[fp + slot as usize]),
+            None => Err(pc),
+        })
     }
 
     /// Calls the builtin at `stack[base]` (not in tail position).
@@ -2961,13 +2978,19 @@ impl Vm {
                         continue;
                     };
                     // A base case of a recursion answered from the
-                    // arguments: no frame.
+                    // arguments: no frame. Otherwise the frame starts past
+                    // the test, done here.
+                    let mut start = 0;
                     if let Some(entry) = &entry {
-                        if let Some(v) = self.entry_value(entry, base + 1, if_slot) {
-                            self.fuel -= 1;
-                            self.stack.truncate(base + 1);
-                            self.stack[base] = v;
-                            continue;
+                        match self.entry_outcome(entry, base + 1, if_slot) {
+                            Some(Ok(v)) => {
+                                self.fuel -= 1;
+                                self.stack.truncate(base + 1);
+                                self.stack[base] = v;
+                                continue;
+                            }
+                            Some(Err(at)) => start = at as usize,
+                            None => {}
                         }
                     }
                     self.calls[f].pc = pc;
@@ -2992,7 +3015,7 @@ impl Vm {
                     if std::ptr::eq(code_at, Rc::as_ptr(&proto)) {
                         f += 1;
                         fp = base + 1;
-                        pc = 0;
+                        pc = start;
                         env = None;
                         lazy = true;
                         continue;
