@@ -176,21 +176,30 @@ pub struct Ops {
 
 /// A body that is an `if` testing its formals (its first op is
 /// `IfTestLocalNum` or `IfTestLocals`) with a branch that only returns a
-/// formal — a recursion's base case, such as `fib`'s `{n}` or `tak`'s
-/// `{z}`. A call can run the test on its arguments before it makes a
-/// frame; when the test leads to that branch, the call's value is that
-/// argument, and no frame is needed.
+/// formal or a constant — a recursion's base case, such as `fib`'s `{n}`,
+/// `tak`'s `{z}` or a factorial's `{1}`. A call can run the test on its
+/// arguments before it makes a frame; when the test leads to that branch,
+/// the call's value is that argument or constant, and no frame is needed.
 #[derive(Clone, Copy, Debug)]
 pub struct Entry {
     pub test: EntryTest,
-    /// The formal returned when the test holds, if that is all the branch
-    /// does.
-    pub then_local: Option<u16>,
-    /// The formal returned when it does not, likewise.
-    pub else_local: Option<u16>,
+    /// What the branch taken when the test holds returns, if that is all
+    /// it does.
+    pub then_base: Option<Base>,
+    /// The same for the branch taken when it does not.
+    pub else_base: Option<Base>,
     /// Where each branch starts (past the test and its jump).
     pub then_pc: u32,
     pub else_pc: u32,
+}
+
+/// What an `Entry`'s base case returns.
+#[derive(Clone, Copy, Debug)]
+pub enum Base {
+    /// Formal `i`.
+    Local(u16),
+    /// `values[i]`.
+    Const(u32),
 }
 
 /// An `Entry`'s test, as its op has it.
@@ -213,15 +222,16 @@ fn entry(ops: &[Op]) -> Option<Entry> {
     if !matches!(ops.get(1), Some(Op::JumpIfFalse(..))) {
         return None;
     }
-    let returns = |at: usize| match ops.get(at) {
-        Some(&Op::ReturnLocal(slot)) => u16::try_from(slot).ok(),
+    let returns = |at: usize| match ops.get(at..) {
+        Some(&[Op::ReturnLocal(slot), ..]) => u16::try_from(slot).ok().map(Base::Local),
+        Some(&[Op::Const(i), Op::Return, ..]) => Some(Base::Const(i)),
         _ => None,
     };
-    let (then_local, else_local) = (returns(2), returns(target as usize));
-    (then_local.is_some() || else_local.is_some()).then_some(Entry {
+    let (then_base, else_base) = (returns(2), returns(target as usize));
+    (then_base.is_some() || else_base.is_some()).then_some(Entry {
         test,
-        then_local,
-        else_local,
+        then_base,
+        else_base,
         then_pc: 2,
         else_pc: target,
     })

@@ -18,7 +18,7 @@ use smallvec::SmallVec;
 use crate::compile::{Code, Compiler, Inline, PrimOp, Proto, SpecialForms};
 use crate::error::{ErrorData, Span};
 use crate::heap::{Env, Gc, Heap, Lambda, Object};
-use crate::lower::{Entry, EntryTest, Guard, Op, Ops, SelfArg, Shape, TAIL_SELF_ARGS};
+use crate::lower::{Base, EntryTest, Guard, Op, Ops, SelfArg, Shape, TAIL_SELF_ARGS};
 use crate::symbol::{Sym, Symbols};
 use crate::value::{equal, Printer, Value};
 
@@ -1786,10 +1786,7 @@ impl Vm {
             (Shape::Leaf, _, _) => (self.run_leaf(&proto.code, base)?, 1),
             // The call and the two builtin calls it stands for.
             (Shape::Accessor(_), None, 4..) => (self.accessor_value(&proto, base)?, 3),
-            (Shape::General, _, _) => {
-                let entry = proto.code.entry.as_ref()?;
-                (self.entry_value(entry, base + 1, self.if_slot())?, 1)
-            }
+            (Shape::General, _, _) => (self.entry_value(&proto.code, base + 1)?, 1),
             _ => return None,
         };
         self.fuel -= calls;
@@ -2027,10 +2024,7 @@ impl Vm {
     #[inline(never)]
     fn shaped_call(&mut self, proto: &Proto, env: Env, base: usize) -> Option<Value> {
         match proto.code.shape {
-            Shape::General => {
-                let entry = proto.code.entry.as_ref()?;
-                self.entry_value(entry, base + 1, self.if_slot())
-            }
+            Shape::General => self.entry_value(&proto.code, base + 1),
             Shape::Accessor(_) if env.is_none() && self.fuel > 2 => {
                 let v = self.accessor_value(proto, base)?;
                 self.fuel -= 2;
@@ -2341,28 +2335,24 @@ impl Vm {
         (self.forms.if_.0 .0 & 127) as usize
     }
 
-    /// The value of a direct call of code with `entry`, whose formals are
-    /// at `fp`, when its entry test leads to the branch that only returns
-    /// a formal (see `entry_outcome`); `None`: the call runs in a frame.
+    /// The value of a direct call of `code`, whose formals are at `fp`,
+    /// when it has an `Entry` whose test leads to a base case (see
+    /// `entry_outcome`); `None`: the call runs in a frame.
     #[inline(always)]
-    fn entry_value(&self, entry: &Entry, fp: usize, if_slot: usize) -> Option<Value> {
-        self.entry_outcome(entry, fp, if_slot)?.ok()
+    fn entry_value(&self, code: &Ops, fp: usize) -> Option<Value> {
+        self.entry_outcome(code, fp, self.if_slot())?.ok()
     }
 
     /// Runs the entry test of a direct call of code with `entry`, whose
     /// formals are at `fp`, as the body's first op would (on Numbers, with
     /// `if` — whose `intact_forms` slot is `if_slot` — and the operator
     /// the builtins; `None` otherwise). `Ok`: the branch taken only
-    /// returns a formal, and this is its value — what running the body
-    /// would give, with nothing else happening. `Err`: where the body goes
-    /// on (the test done).
+    /// returns a formal or a constant of `values` (the code's), and this
+    /// is its value — what running the body would give, with nothing else
+    /// happening. `Err`: where the body goes on (the test done).
     #[inline(always)]
-    fn entry_outcome(
-        &self,
-        entry: &Entry,
-        fp: usize,
-        if_slot: usize,
-    ) -> Option<Result<Value, u32>> {
+    fn entry_outcome(&self, code: &Ops, fp: usize, if_slot: usize) -> Option<Result<Value, u32>> {
+        let entry = code.entry.as_ref()?;
         if !self.intact_forms[if_slot] {
             return None;
         }
@@ -2380,13 +2370,14 @@ impl Vm {
                 }
             }
         }?;
-        let (local, pc) = if holds {
-            (entry.then_local, entry.then_pc)
+        let (base, pc) = if holds {
+            (entry.then_base, entry.then_pc)
         } else {
-            (entry.else_local, entry.else_pc)
+            (entry.else_base, entry.else_pc)
         };
-        Some(match local {
-            Some(slot) => Ok(self.stack[fp + slot as usize]),
+        Some(match base {
+            Some(Base::Local(slot)) => Ok(self.stack[fp + slot as usize]),
+            Some(Base::Const(i)) => Ok(code.values[i as usize]),
             None => Err(pc),
         })
     }
@@ -2922,7 +2913,7 @@ impl Vm {
                                 && self.depth < self.max_depth
                                 && self.fuel > 1 =>
                         {
-                            Some((g, Rc::as_ptr(&proto), frame.lambda_env, code.entry))
+                            Some((g, Rc::as_ptr(&proto), frame.lambda_env, true))
                         }
                         Value::Builtin(id) if !lazy || !self.wants_env(id, base) => {
                             self.calls[f].pc = pc;
@@ -2964,11 +2955,11 @@ impl Vm {
                                 }
                             }
                             // Its `Entry`, if any, was tried by `shaped_value`.
-                            Some((g, code_at, lambda_env, None))
+                            Some((g, code_at, lambda_env, false))
                         }
                         _ => None,
                     };
-                    let Some((g, code_at, lambda_env, entry)) = direct else {
+                    let Some((g, code_at, lambda_env, self_call)) = direct else {
                         self.calls[f].pc = pc;
                         if let Err(e) = self.call_other(f, base, span()) {
                             return Err(self.unwind(stop, e, false));
@@ -2981,8 +2972,8 @@ impl Vm {
                     // arguments: no frame. Otherwise the frame starts past
                     // the test, done here.
                     let mut start = 0;
-                    if let Some(entry) = &entry {
-                        match self.entry_outcome(entry, base + 1, if_slot) {
+                    if self_call {
+                        match self.entry_outcome(code, base + 1, if_slot) {
                             Some(Ok(v)) => {
                                 self.fuel -= 1;
                                 self.stack.truncate(base + 1);

@@ -119,6 +119,10 @@ fn step_budget_counts_every_call_from_the_first() {
         4,
         "(fun {p n} {if (< n 1) {n} {0}}) (fun {t x} {p x}) (t 0)",
     );
+    exact(
+        6,
+        "(fun {c n} {if (< n 2) {1} {+ (c (- n 1)) (c (- n 2))}}) (c 3)",
+    );
 }
 
 #[test]
