@@ -7,6 +7,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use valkyria::{aio, repl, Interpreter, Mode};
 
+/// jemalloc: see its entry in Cargo.toml for why.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Native stack for the evaluator thread. Only touched pages use memory;
 /// the VM turns deeper recursion into an Error well before the end.
 const EVALUATOR_STACK: usize = 4 << 30;
