@@ -480,14 +480,11 @@ fn send(
     *response.headers_mut() = data.headers;
     let headers = response.headers_mut();
     headers.insert(CONTENT_LENGTH, HeaderValue::from(data.body.len()));
-    if !headers.contains_key(DATE) {
-        headers.insert(DATE, date::now());
-    }
-    if !headers.contains_key(CONTENT_TYPE) && !data.body.is_empty() {
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
+    headers.entry(DATE).or_insert_with(date::now);
+    if !data.body.is_empty() {
+        headers
+            .entry(CONTENT_TYPE)
+            .or_insert_with(|| HeaderValue::from_static("text/plain; charset=utf-8"));
     }
     let end = head || data.body.is_empty();
     // An error means the client reset the stream: nobody to answer.

@@ -95,7 +95,9 @@ pub struct ResponseData {
 impl ResponseData {
     /// A `text/plain; charset=utf-8` response.
     pub fn text(status: StatusCode, body: impl Into<Bytes>) -> ResponseData {
-        let mut headers = HeaderMap::with_capacity(1);
+        // Room for the content-length and date `send` adds: a map that
+        // grows reallocates on a served request's path.
+        let mut headers = HeaderMap::with_capacity(3);
         headers.insert(
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
