@@ -1888,7 +1888,7 @@ impl Vm {
             }
             let nargs = nbound + nargs;
             if proto.code.shape != Shape::General {
-                if let Some(v) = self.shaped_call(&proto, lambda_env, base) {
+                if let Some(v) = self.shaped_call_here(&proto, lambda_env, base) {
                     self.stack.truncate(base);
                     return Ok(Some(v));
                 }
@@ -1944,12 +1944,17 @@ impl Vm {
         let nb = bound.len();
         let old = stack.len();
         // Grow by the bound values, move the arguments up over them, and
-        // put the bound values below.
-        stack.extend_from_slice(bound);
+        // put the bound values below: a value at a time, as there are
+        // usually one or two (a slice copy calls `memmove`).
+        for _ in 0..nb {
+            stack.push(Value::Nil);
+        }
         for i in (base + 1..old).rev() {
             stack[i + nb] = stack[i];
         }
-        stack[base + 1..base + 1 + nb].copy_from_slice(bound);
+        for (i, &v) in bound.iter().enumerate() {
+            stack[base + 1 + i] = v;
+        }
     }
 
     /// The scope a caller stands for, making its frame's scope if needed.
@@ -2023,6 +2028,15 @@ impl Vm {
     /// (nothing was changed or counted).
     #[inline(never)]
     fn shaped_call(&mut self, proto: &Proto, env: Env, base: usize) -> Option<Value> {
+        self.shaped_call_here(proto, env, base)
+    }
+
+    /// `shaped_call` in its caller's code: the value it gives stays in
+    /// registers. Returned through memory, a Number is written as two
+    /// words and read back as one 16-byte load, which the processor cannot
+    /// forward from the two stores (a stall on every such call).
+    #[inline(always)]
+    fn shaped_call_here(&mut self, proto: &Proto, env: Env, base: usize) -> Option<Value> {
         match proto.code.shape {
             Shape::General => self.entry_value(&proto.code, base + 1),
             Shape::Accessor(_) if env.is_none() && self.fuel > 2 => {
@@ -2060,7 +2074,7 @@ impl Vm {
     /// operators' fast paths only: every operator must hold its builtin
     /// and every operand be a Number. None at the first thing that would
     /// need more (the call then runs in a frame and does it).
-    #[inline(never)]
+    #[inline(always)]
     fn run_leaf(&self, code: &Ops, base: usize) -> Option<Value> {
         use crate::lower::LEAF_OPS;
         if code.leaf_prims & self.prims_broken != 0 {
