@@ -1780,6 +1780,27 @@ impl Vm {
     /// it runs in a frame.
     #[inline(never)]
     fn shaped_value(&mut self, g: Gc, base: usize) -> Option<Value> {
+        self.shaped_here(g, base)
+    }
+
+    /// `shaped_value` for the op loop: the value takes the call's place on
+    /// the stack (true), written from registers. Handed back through
+    /// memory, a Number computed here was written as two words and read
+    /// back by the loop as one 16-byte load, which the processor cannot
+    /// forward from the two stores: a stall on every such call.
+    #[inline(never)]
+    fn shaped_in_place(&mut self, g: Gc, base: usize) -> bool {
+        match self.shaped_here(g, base) {
+            Some(v) => {
+                self.stack.push(v);
+                true
+            }
+            None => false,
+        }
+    }
+
+    #[inline(always)]
+    fn shaped_here(&mut self, g: Gc, base: usize) -> Option<Value> {
         let lambda = self.heap.lambda(g);
         let (proto, lambda_env) = (lambda.proto.clone(), lambda.env);
         let (v, calls) = match (proto.code.shape, lambda_env, self.fuel) {
@@ -2944,8 +2965,7 @@ impl Vm {
                                 && self.fuel > 1;
                             let (code_at, lambda_env) = (Rc::as_ptr(&lambda.proto), lambda.env);
                             if direct && !lambda.general {
-                                if let Some(v) = self.shaped_value(g, base) {
-                                    self.stack.push(v);
+                                if self.shaped_in_place(g, base) {
                                     continue;
                                 }
                             }
