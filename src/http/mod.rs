@@ -137,13 +137,25 @@ impl Replies {
 
     /// Takes every answer that has arrived, or registers the task to be
     /// woken by the next one.
-    pub fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Vec<(u64, ResponseData)>> {
+    /// Moves the answers that have come into `into` (which must be
+    /// empty), or registers the waker when there are none. The two
+    /// vectors swap, so each keeps its room and no batch of answers
+    /// allocates once the connection has seen a batch that size.
+    pub fn poll_take(&self, cx: &mut Context<'_>, into: &mut Vec<(u64, ResponseData)>) -> Poll<()> {
+        debug_assert!(into.is_empty());
         let mut pending = self.lock();
         if pending.answers.is_empty() {
-            pending.waker = Some(cx.waker().clone());
+            if !pending
+                .waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                pending.waker = Some(cx.waker().clone());
+            }
             Poll::Pending
         } else {
-            Poll::Ready(std::mem::take(&mut pending.answers))
+            std::mem::swap(&mut pending.answers, into);
+            Poll::Ready(())
         }
     }
 
