@@ -18,7 +18,7 @@
 //! nothing for the idle timeout while answers wait for it is cut off.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, Hasher};
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -84,26 +84,58 @@ struct Waiting {
     head: bool,
 }
 
-/// Hashes the connection's own request tokens (a counter, never chosen
-/// by the client, so no flooding of one bucket is possible): one multiply
-/// spreads consecutive tokens over the table, where the default SipHash
-/// spent more on each lookup than the rest of the lookup did.
-#[derive(Default)]
-struct TokenHasher(u64);
+/// Hashes the integer keys of a connection's tables: its own request
+/// tokens, and stream ids (chosen by the client, so the key is mixed with
+/// a secret drawn once per process). One multiply and a fold, where the
+/// default SipHash spent more on each lookup than the rest of the lookup
+/// did. The tables hold at most a connection's streams in flight.
+#[derive(Clone, Copy)]
+struct IdHash(u64);
 
-impl Hasher for TokenHasher {
+impl Default for IdHash {
+    fn default() -> IdHash {
+        static SECRET: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        IdHash(
+            *SECRET.get_or_init(|| std::collections::hash_map::RandomState::new().hash_one(0u64)),
+        )
+    }
+}
+
+impl BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(self.0)
+    }
+}
+
+struct IdHasher(u64);
+
+impl IdHasher {
+    fn mix(&mut self, x: u64) {
+        let h = (self.0 ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        // The table takes its slot from the low bits: fold the high ones
+        // (which every bit of the key reaches) into them.
+        self.0 = h ^ (h >> 32);
+    }
+}
+
+impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
         self.0
     }
 
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            self.mix(u64::from(b));
         }
     }
 
+    fn write_u32(&mut self, id: u32) {
+        self.mix(u64::from(id));
+    }
+
     fn write_u64(&mut self, token: u64) {
-        self.0 = token.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.mix(token);
     }
 }
 
@@ -121,7 +153,7 @@ struct Streams {
     ready: Vec<(SendResponse<Bytes>, bool)>,
     limits: &'static Limits,
     tls: bool,
-    waiting: HashMap<u64, Waiting, BuildHasherDefault<TokenHasher>>,
+    waiting: HashMap<u64, Waiting, IdHash>,
     /// Handler requests waiting to be started, oldest first.
     held: VecDeque<Held>,
     /// Handler requests started and not yet answered.
@@ -597,7 +629,7 @@ impl Framing {
 /// there is.
 struct Meter {
     /// Per stream: body bytes handed to h2 and not yet written.
-    pending: HashMap<u32, usize>,
+    pending: HashMap<u32, usize, IdHash>,
     /// Their sum.
     unsent: usize,
     /// Body bytes written in all.
@@ -609,7 +641,7 @@ struct Meter {
 impl Default for Meter {
     fn default() -> Meter {
         Meter {
-            pending: HashMap::new(),
+            pending: HashMap::default(),
             unsent: 0,
             written: 0,
             out: Framing::new(0),
@@ -620,7 +652,7 @@ impl Default for Meter {
 
 /// Drops what is left of a stream's body: h2 discards it when the
 /// stream is reset, by either side.
-fn forget(pending: &mut HashMap<u32, usize>, unsent: &mut usize, stream: u32) {
+fn forget(pending: &mut HashMap<u32, usize, IdHash>, unsent: &mut usize, stream: u32) {
     if let Some(left) = pending.remove(&stream) {
         *unsent -= left;
     }
@@ -752,6 +784,25 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Metered<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_spread_over_the_low_bits() {
+        // Stream ids are odd and consecutive tokens differ in their low
+        // bits only: either way the slot bits must not cluster (random
+        // slots fill ~162 of 256; ids that all share a low bit, <= 128).
+        let build = IdHash::default();
+        for ids in [
+            (1u32..512).step_by(2).collect::<Vec<_>>(),
+            (0u32..256).collect(),
+        ] {
+            let slots: std::collections::HashSet<u64> =
+                ids.iter().map(|&id| build.hash_one(id) & 255).collect();
+            assert!(slots.len() > 130, "{} of 256 slots used", slots.len());
+        }
+        let tokens: std::collections::HashSet<u64> =
+            (0u64..256).map(|t| build.hash_one(t) & 255).collect();
+        assert!(tokens.len() > 130, "{} of 256 slots used", tokens.len());
+    }
 
     fn frame(kind: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let len = payload.len() as u32;
