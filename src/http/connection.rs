@@ -343,7 +343,7 @@ impl Streams {
         );
         let held = Held { token, parts, body };
         if self.held.is_empty() && self.can_start() {
-            self.start(held);
+            self.start(held, false);
         } else {
             if self.held.len() >= self.limits.max_streams as usize {
                 self.prune_held();
@@ -382,21 +382,25 @@ impl Streams {
     fn start_held(&mut self) {
         while !self.held.is_empty() && self.can_start() {
             if let Some(held) = self.held.pop_front() {
-                self.start(held);
+                self.start(held, true);
             }
         }
     }
 
     /// Reads the request's body (in a task of its own) and hands it to
-    /// the isolates; its deadline starts now.
-    fn start(&mut self, Held { token, parts, body }: Held) {
+    /// the isolates; its deadline starts now. A request that was `held`
+    /// is dropped instead if the client has reset it meanwhile.
+    fn start(&mut self, Held { token, parts, body }: Held, held: bool) {
         let Some(jobs) = &self.jobs else { return };
         let Some(w) = self.waiting.get_mut(&token) else {
             return;
         };
         // The client may have given up on it while it waited.
-        let mut cx = Context::from_waker(Waker::noop());
-        if w.respond.poll_reset(&mut cx).is_ready() {
+        if held
+            && w.respond
+                .poll_reset(&mut Context::from_waker(Waker::noop()))
+                .is_ready()
+        {
             self.waiting.remove(&token);
             return;
         }
