@@ -142,7 +142,7 @@ impl Hasher for IdHasher {
 /// A handler request not yet started (its body not yet read).
 struct Held {
     token: u64,
-    parts: Parts,
+    parts: Box<Parts>,
     body: RecvStream,
 }
 
@@ -341,9 +341,13 @@ impl Streams {
                 head,
             },
         );
-        let held = Held { token, parts, body };
+        let held = Held {
+            token,
+            parts: Box::new(parts),
+            body,
+        };
         if self.held.is_empty() && self.can_start() {
-            self.start(held, false);
+            self.start(held);
         } else {
             if self.held.len() >= self.limits.max_streams as usize {
                 self.prune_held();
@@ -382,25 +386,23 @@ impl Streams {
     fn start_held(&mut self) {
         while !self.held.is_empty() && self.can_start() {
             if let Some(held) = self.held.pop_front() {
-                self.start(held, true);
+                self.start(held);
             }
         }
     }
 
     /// Reads the request's body (in a task of its own) and hands it to
-    /// the isolates; its deadline starts now. A request that was `held`
-    /// is dropped instead if the client has reset it meanwhile.
-    fn start(&mut self, Held { token, parts, body }: Held, held: bool) {
+    /// the isolates; its deadline starts now.
+    fn start(&mut self, Held { token, parts, body }: Held) {
         let Some(jobs) = &self.jobs else { return };
         let Some(w) = self.waiting.get_mut(&token) else {
             return;
         };
-        // The client may have given up on it while it waited.
-        if held
-            && w.respond
-                .poll_reset(&mut Context::from_waker(Waker::noop()))
-                .is_ready()
-        {
+        // The client may have given up on it while it waited, or in the
+        // same read that brought it (h2 hands out a stream reset right
+        // after its headers).
+        let mut cx = Context::from_waker(Waker::noop());
+        if w.respond.poll_reset(&mut cx).is_ready() {
             self.waiting.remove(&token);
             return;
         }
@@ -482,7 +484,7 @@ where
 }
 
 /// Hands a request to the isolate; a full or closed queue is a 503.
-fn dispatch(jobs: &Sender<Exchange>, parts: Parts, body: Bytes, tls: bool, reply: Replier) {
+fn dispatch(jobs: &Sender<Exchange>, parts: Box<Parts>, body: Bytes, tls: bool, reply: Replier) {
     let exchange = Exchange {
         request: IncomingRequest { parts, body, tls },
         reply,

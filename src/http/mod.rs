@@ -24,7 +24,10 @@ pub use limits::Limits;
 
 /// A request as the server received it.
 pub struct IncomingRequest {
-    pub parts: Parts,
+    /// Boxed: the request is moved several times on its way to the
+    /// isolate (queue, channel, host value), each a copy of ~250 bytes
+    /// unboxed.
+    pub parts: Box<Parts>,
     pub body: Bytes,
     /// Whether it came over TLS (its scheme when the URI has none).
     pub tls: bool,
