@@ -138,12 +138,11 @@ impl Replies {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes every answer that has arrived, or registers the task to be
-    /// woken by the next one.
-    /// Moves the answers that have come into `into` (which must be
-    /// empty), or registers the waker when there are none. The two
+    /// Moves every answer that has arrived into `into` (which must be
+    /// empty), or registers the task to be woken by the next one. The two
     /// vectors swap, so each keeps its room and no batch of answers
-    /// allocates once the connection has seen a batch that size.
+    /// allocates once the connection has seen a batch that size (at most
+    /// its handler requests in flight).
     pub fn poll_take(&self, cx: &mut Context<'_>, into: &mut Vec<(u64, ResponseData)>) -> Poll<()> {
         debug_assert!(into.is_empty());
         let mut pending = self.lock();
