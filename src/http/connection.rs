@@ -89,6 +89,8 @@ struct Waiting {
 /// a secret drawn once per process). One multiply and a fold, where the
 /// default SipHash spent more on each lookup than the rest of the lookup
 /// did. The tables hold at most a connection's streams in flight.
+/// (`symbol::NameHasher` is unkeyed and keeps a key's low bit in the
+/// hash's, so odd stream ids would share half the slots.)
 #[derive(Clone, Copy)]
 struct IdHash(u64);
 
