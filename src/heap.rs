@@ -301,12 +301,17 @@ fn nursery_bytes(threshold: usize) -> usize {
     (threshold / 4).max(1)
 }
 
+/// Objects a heap has room for from the start (see `Heap::new`).
+const START_OBJECTS: usize = 1024;
+
 impl Heap {
     pub fn new(threshold_bytes: usize) -> Heap {
         Heap {
-            objects: Vec::new(),
-            flags: Vec::new(),
-            young: Vec::new(),
+            // A start makes about 700 objects (builtins' and the prelude's);
+            // room for them spares the copies of a table grown by doubling.
+            objects: Vec::with_capacity(START_OBJECTS),
+            flags: Vec::with_capacity(START_OBJECTS),
+            young: Vec::with_capacity(START_OBJECTS),
             remembered: Vec::new(),
             host_refs: Vec::new(),
             old_bytes: 0,

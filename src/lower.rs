@@ -8,6 +8,8 @@
 //! its name still holds the builtin; when it does not, the form's source is
 //! run as an ordinary call instead, so results are the same either way.
 
+use std::cell::Cell;
+
 use crate::compile::{Call, Code, PrimOp, SpecialForms};
 use crate::error::Span;
 use crate::symbol::Sym;
@@ -261,12 +263,26 @@ struct Lowerer<'a> {
     tail_selfs: Vec<TailSelf>,
 }
 
+thread_local! {
+    /// The ops and spans vectors of the last `lower` on this thread, kept
+    /// for the next: a body is lowered into vectors that have grown
+    /// already, then copied out at its exact size, rather than grown by
+    /// doubling from empty for every body (hundreds at every start, for
+    /// the prelude).
+    static SCRATCH: Cell<(Vec<Op>, Vec<Span>)> = const { Cell::new((Vec::new(), Vec::new())) };
+}
+
 /// Lowers a body, which runs in tail position.
 pub fn lower(body: Code, forms: &SpecialForms) -> Ops {
+    // Taken, not borrowed: a `lower` inside this one (none today) would
+    // start from empty vectors rather than fail.
+    let (mut ops, mut spans) = SCRATCH.take();
+    ops.clear();
+    spans.clear();
     let mut l = Lowerer {
         forms,
-        ops: Vec::new(),
-        spans: Vec::new(),
+        ops,
+        spans,
         values: Vec::new(),
         trees: Vec::new(),
         guards: Vec::new(),
@@ -282,18 +298,27 @@ pub fn lower(body: Code, forms: &SpecialForms) -> Ops {
         | Op::PrimReturn(op, _) => bits | 1 << op as u16,
         _ => bits,
     });
-    Ops {
+    let lowered = Ops {
         shape,
         leaf_prims,
         entry: entry(&l.ops),
-        ops: l.ops.into_boxed_slice(),
-        spans: l.spans.into_boxed_slice(),
+        ops: l.ops.as_slice().into(),
+        spans: l.spans.as_slice().into(),
         values: l.values.into_boxed_slice(),
         trees: l.trees.into_boxed_slice(),
         guards: l.guards.into_boxed_slice(),
         tail_selfs: l.tail_selfs.into_boxed_slice(),
+    };
+    // Only vectors of an ordinary size are kept: one huge body must not
+    // pin its memory for the thread's life.
+    if l.ops.capacity() <= SCRATCH_KEPT && l.spans.capacity() <= SCRATCH_KEPT {
+        SCRATCH.set((l.ops, l.spans));
     }
+    lowered
 }
+
+/// The largest scratch vectors (in elements) `lower` keeps for the next.
+const SCRATCH_KEPT: usize = 4096;
 
 /// Which `Shape` a lowered body has.
 fn shape(ops: &[Op], forms: &SpecialForms) -> Shape {

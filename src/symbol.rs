@@ -48,6 +48,14 @@ pub struct Symbols {
 }
 
 impl Symbols {
+    /// A table with room for `n` names.
+    pub fn with_capacity(n: usize) -> Symbols {
+        Symbols {
+            ids: HashMap::with_capacity_and_hasher(n, Default::default()),
+            names: Vec::with_capacity(n),
+        }
+    }
+
     pub fn intern(&mut self, name: &str) -> Sym {
         if let Some(&sym) = self.ids.get(name) {
             return sym;

@@ -315,6 +315,13 @@ fn stack_address() -> usize {
     std::hint::black_box(&marker) as *const u8 as usize
 }
 
+/// Names interned and globals bound by a start (builtins and prelude:
+/// about 500), with room to spare.
+const START_NAMES: usize = 1024;
+
+/// Builtins registered by a start (about 200).
+const START_BUILTINS: usize = 256;
+
 impl Vm {
     /// A VM with every builtin bound but no prelude loaded.
     pub fn bare() -> Vm {
@@ -325,11 +332,14 @@ impl Vm {
             .unwrap_or(16);
         let mut vm = Vm {
             heap: Heap::new(threshold_mb << 20),
-            syms: Symbols::default(),
-            globals: Vec::new(),
-            builtins: Vec::new(),
-            builtin_names: Vec::new(),
-            builtin_env: Vec::new(),
+            // Room for what every start makes (the builtins, the prelude's
+            // names): growing a table by doubling copies it into new pages
+            // each time, a visible part of a short program's run.
+            syms: Symbols::with_capacity(START_NAMES),
+            globals: Vec::with_capacity(START_NAMES),
+            builtins: Vec::with_capacity(START_BUILTINS),
+            builtin_names: Vec::with_capacity(START_BUILTINS),
+            builtin_env: Vec::with_capacity(START_BUILTINS),
             eval_builtin: None,
             forms: SpecialForms::default(),
             stack: Vec::with_capacity(1024),
