@@ -322,6 +322,10 @@ const START_NAMES: usize = 1024;
 /// Builtins registered by a start (about 200).
 const START_BUILTINS: usize = 256;
 
+/// The most formals a partially applied Leaf body is run on without
+/// moving its arguments (see `Vm::enter_call_slow`).
+const BOUND_LEAF_FORMALS: usize = 8;
+
 impl Vm {
     /// A VM with every builtin bound but no prelude loaded.
     pub fn bare() -> Vm {
@@ -1908,6 +1912,24 @@ impl Vm {
         let lambda = self.heap.lambda(g);
         let nargs = self.stack.len() - base - 1;
         let nbound = lambda.bound.len();
+        if nbound != 0
+            && nbound + nargs <= BOUND_LEAF_FORMALS
+            && lambda.proto.code.shape == Shape::Leaf
+            && lambda.proto.rest.is_none()
+            && lambda.proto.formals.len() == nbound + nargs
+        {
+            // A partial application of arithmetic, such as `(add 5)`: its
+            // formals gathered here, the bound ones first, and its body
+            // run on them — nothing moved on the value stack, no frame.
+            let mut formals = [Value::Nil; BOUND_LEAF_FORMALS];
+            formals[..nbound].copy_from_slice(&lambda.bound);
+            formals[nbound..nbound + nargs].copy_from_slice(&self.stack[base + 1..]);
+            if let Some(v) = self.run_leaf_on(&lambda.proto.code, &formals[..nbound + nargs]) {
+                self.stack.truncate(base);
+                return Ok(Some(v));
+            }
+        }
+        let lambda = self.heap.lambda(g);
         if lambda.proto.rest.is_none() && lambda.proto.formals.len() == nbound + nargs {
             // The common call: the arguments on the stack (after any bound
             // by partial application) are the formals, and the scope is made
@@ -2107,11 +2129,16 @@ impl Vm {
     /// need more (the call then runs in a frame and does it).
     #[inline(always)]
     fn run_leaf(&self, code: &Ops, base: usize) -> Option<Value> {
+        self.run_leaf_on(code, &self.stack[base + 1..])
+    }
+
+    /// `run_leaf` with the formals' values given.
+    #[inline(always)]
+    fn run_leaf_on(&self, code: &Ops, formals: &[Value]) -> Option<Value> {
         use crate::lower::LEAF_OPS;
         if code.leaf_prims & self.prims_broken != 0 {
             return None;
         }
-        let formals = &self.stack[base + 1..];
         let num = |v: Value| match v {
             Value::Num(x) => Some(x),
             _ => None,
