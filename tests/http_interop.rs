@@ -7,7 +7,7 @@
 mod support;
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::*;
 
@@ -191,31 +191,48 @@ impl Drop for Nghttpd {
     }
 }
 
-fn nghttpd(dir: &std::path::Path, port: u16, tls: Option<&(String, String)>) -> Nghttpd {
+/// Starts nghttpd on a free port and returns it with the port. A port
+/// found free may be taken before nghttpd binds it (by another test's
+/// sockets): then nghttpd exits, and another port is tried.
+fn nghttpd(dir: &std::path::Path, tls: Option<&(String, String)>) -> (Nghttpd, u16) {
     let docroot = dir.join("www");
     std::fs::create_dir_all(&docroot).unwrap();
     std::fs::write(docroot.join("index.html"), "hello from nghttpd\n").unwrap();
-    let mut cmd = Command::new("nghttpd");
-    cmd.arg("-d").arg(&docroot);
-    match tls {
-        None => {
-            cmd.arg("--no-tls").arg(port.to_string());
+    for _ in 0..5 {
+        let port = free_port();
+        let mut cmd = Command::new("nghttpd");
+        cmd.arg("-d").arg(&docroot);
+        match tls {
+            None => {
+                cmd.arg("--no-tls").arg(port.to_string());
+            }
+            Some((key, cert)) => {
+                cmd.arg(port.to_string()).arg(key).arg(cert);
+            }
         }
-        Some((key, cert)) => {
-            cmd.arg(port.to_string()).arg(key).arg(cert);
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start nghttpd");
+        let mut guard = Nghttpd(child);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if guard.0.try_wait().unwrap().is_some() {
+                // It could not listen there.
+                break;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                // Listening, and still running: the port is its own.
+                if guard.0.try_wait().unwrap().is_none() {
+                    return (guard, port);
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("cannot start nghttpd");
-    let guard = Nghttpd(child);
-    assert!(
-        wait_for_port(port, Duration::from_secs(10)),
-        "nghttpd did not listen"
-    );
-    guard
+    panic!("nghttpd did not listen on any of five free ports");
 }
 
 #[test]
@@ -224,8 +241,7 @@ fn client_against_nghttpd_h2c() {
         return;
     }
     let dir = temp_dir("nghttpd-h2c");
-    let port = free_port();
-    let _peer = nghttpd(&dir, port, None);
+    let (_peer, port) = nghttpd(&dir, None);
     client_against_nghttpd(&dir, port, None);
 }
 
@@ -236,7 +252,6 @@ fn client_against_nghttpd_tls() {
     }
     let dir = temp_dir("nghttpd-tls");
     let cert = make_cert(&dir);
-    let port = free_port();
-    let _peer = nghttpd(&dir, port, Some(&cert));
+    let (_peer, port) = nghttpd(&dir, Some(&cert));
     client_against_nghttpd(&dir, port, Some(&cert.1));
 }
