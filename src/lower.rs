@@ -141,6 +141,9 @@ pub enum SelfArg {
     /// `values[i]`.
     Const(u32),
     Local(u16),
+    /// `(+ formal k)` or `(- formal k)`, as the formal plus `k` or `-k`:
+    /// the commonest arguments of a loop, with no operator to dispatch on.
+    AddNum(u16, i64),
     LocalNum(PrimOp, u16, i32),
     Locals(PrimOp, u16, u16),
 }
@@ -153,6 +156,9 @@ pub struct TailSelf {
     /// The `TailCall` op: its name and (at `spans[call]`) its span.
     pub call: u32,
     pub name: Option<Sym>,
+    /// The operators its arguments apply (bit `op as u16`): the call is
+    /// made in place only while each still names its builtin.
+    pub prims: u16,
 }
 
 /// The most arguments a `TailSelf` call computes in place.
@@ -504,7 +510,11 @@ impl Lowerer<'_> {
         }
         let mut args = Vec::with_capacity(call.args.len());
         let mut consts = Vec::new();
+        let mut prims = 0u16;
         for arg in call.args.iter() {
+            if let Code::Prim(node) = arg {
+                prims |= 1 << node.node.op as u16;
+            }
             args.push(match arg {
                 Code::Local(slot) => SelfArg::Local(u16::try_from(*slot).ok()?),
                 Code::Const(v) => {
@@ -512,11 +522,18 @@ impl Lowerer<'_> {
                     SelfArg::Const((self.values.len() + consts.len() - 1) as u32)
                 }
                 Code::Prim(node) => match (&node.node.left, &node.node.right) {
-                    (Code::Local(a), Code::Const(Value::Num(k))) => SelfArg::LocalNum(
-                        node.node.op,
-                        u16::try_from(*a).ok()?,
-                        i32::try_from(*k).ok()?,
-                    ),
+                    (Code::Local(a), Code::Const(Value::Num(k))) => {
+                        let a = u16::try_from(*a).ok()?;
+                        let delta = match node.node.op {
+                            PrimOp::Add => Some(*k),
+                            PrimOp::Sub => k.checked_neg(),
+                            _ => None,
+                        };
+                        match delta {
+                            Some(d) => SelfArg::AddNum(a, d),
+                            None => SelfArg::LocalNum(node.node.op, a, i32::try_from(*k).ok()?),
+                        }
+                    }
                     (Code::Local(a), Code::Local(b)) => SelfArg::Locals(
                         node.node.op,
                         u16::try_from(*a).ok()?,
@@ -534,6 +551,7 @@ impl Lowerer<'_> {
             args: args.into_boxed_slice(),
             call: 0,
             name: call.name,
+            prims,
         });
         self.emit(Op::TailSelf(i as u32), Span::NONE);
         Some(i)

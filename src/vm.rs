@@ -2199,7 +2199,11 @@ impl Vm {
     ) -> Result<bool, Gc> {
         let n = tail.args.len();
         let frame = &self.calls[f];
-        if frame.self_fn != Some(g) || frame.top - fp != n || self.fuel <= 1 {
+        if frame.self_fn != Some(g)
+            || frame.top - fp != n
+            || self.fuel <= 1
+            || self.prims_broken & tail.prims != 0
+        {
             return Ok(false);
         }
         // The arguments, from the formals as they are, all of them before
@@ -2259,21 +2263,25 @@ impl Vm {
     }
 
     /// The value of argument `arg` of a `TailSelf` call, computed from the
-    /// formals at `fp` when its fast path holds.
+    /// formals at `fp` when its fast path holds. The operators of the
+    /// call's arguments were found to hold their builtins
+    /// (`TailSelf::prims`).
     #[inline(always)]
     fn self_arg(&self, fp: usize, values: &[Value], arg: SelfArg) -> Option<Value> {
         match arg {
             SelfArg::Const(i) => Some(values[i as usize]),
             SelfArg::Local(a) => Some(self.stack[fp + a as usize]),
+            SelfArg::AddNum(a, d) => match &self.stack[fp + a as usize] {
+                Value::Num(x) => x.checked_add(d).map(Value::Num),
+                _ => None,
+            },
             SelfArg::LocalNum(op, a, k) => match &self.stack[fp + a as usize] {
-                Value::Num(x) if self.prim_holds(op) => prim_numbers(op, *x, k as i64),
+                Value::Num(x) => prim_numbers(op, *x, k as i64),
                 _ => None,
             },
             SelfArg::Locals(op, a, b) => {
                 match (&self.stack[fp + a as usize], &self.stack[fp + b as usize]) {
-                    (Value::Num(x), Value::Num(y)) if self.prim_holds(op) => {
-                        prim_numbers(op, *x, *y)
-                    }
+                    (Value::Num(x), Value::Num(y)) => prim_numbers(op, *x, *y),
                     _ => None,
                 }
             }
