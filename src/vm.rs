@@ -1815,12 +1815,14 @@ impl Vm {
 
     #[inline(always)]
     fn shaped_here(&mut self, g: Gc, base: usize) -> Option<Value> {
+        // The lambda is only read here (the helpers take `&self`), so its
+        // proto is borrowed rather than counted.
         let lambda = self.heap.lambda(g);
-        let (proto, lambda_env) = (lambda.proto.clone(), lambda.env);
+        let (proto, lambda_env) = (&lambda.proto, lambda.env);
         let (v, calls) = match (proto.code.shape, lambda_env, self.fuel) {
             (Shape::Leaf, _, _) => (self.run_leaf(&proto.code, base)?, 1),
             // The call and the two builtin calls it stands for.
-            (Shape::Accessor(_), None, 4..) => (self.accessor_value(&proto, base)?, 3),
+            (Shape::Accessor(_), None, 4..) => (self.accessor_value(proto, base)?, 3),
             (Shape::General, _, _) => (self.entry_value(&proto.code, base + 1)?, 1),
             _ => return None,
         };
