@@ -1914,28 +1914,25 @@ impl Vm {
         let lambda = self.heap.lambda(g);
         let nargs = self.stack.len() - base - 1;
         let nbound = lambda.bound.len();
-        if nbound != 0
-            && nbound + nargs <= BOUND_LEAF_FORMALS
-            && lambda.proto.code.shape == Shape::Leaf
-            && lambda.proto.rest.is_none()
-            && lambda.proto.formals.len() == nbound + nargs
-        {
-            // A partial application of arithmetic, such as `(add 5)`: its
-            // formals gathered here, the bound ones first, and its body
-            // run on them — nothing moved on the value stack, no frame.
-            let mut formals = [Value::Nil; BOUND_LEAF_FORMALS];
-            formals[..nbound].copy_from_slice(&lambda.bound);
-            formals[nbound..nbound + nargs].copy_from_slice(&self.stack[base + 1..]);
-            if let Some(v) = self.run_leaf_on(&lambda.proto.code, &formals[..nbound + nargs]) {
-                self.stack.truncate(base);
-                return Ok(Some(v));
-            }
-        }
-        let lambda = self.heap.lambda(g);
         if lambda.proto.rest.is_none() && lambda.proto.formals.len() == nbound + nargs {
             // The common call: the arguments on the stack (after any bound
             // by partial application) are the formals, and the scope is made
             // only if something needs it.
+            if nbound != 0
+                && nbound + nargs <= BOUND_LEAF_FORMALS
+                && lambda.proto.code.shape == Shape::Leaf
+            {
+                // A partial application of arithmetic, such as `(add 5)`:
+                // its formals gathered here, the bound ones first, and its
+                // body run on them — nothing moved on the value stack.
+                let mut formals = [Value::Nil; BOUND_LEAF_FORMALS];
+                formals[..nbound].copy_from_slice(&lambda.bound);
+                formals[nbound..nbound + nargs].copy_from_slice(&self.stack[base + 1..]);
+                if let Some(v) = self.run_leaf_on(&lambda.proto.code, &formals[..nbound + nargs]) {
+                    self.stack.truncate(base);
+                    return Ok(Some(v));
+                }
+            }
             let proto = lambda.proto.clone();
             let lambda_env = lambda.env;
             if nbound != 0 {

@@ -7,7 +7,7 @@
 mod support;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::*;
 
@@ -216,20 +216,8 @@ fn nghttpd(dir: &std::path::Path, tls: Option<&(String, String)>) -> (Nghttpd, u
             .spawn()
             .expect("cannot start nghttpd");
         let mut guard = Nghttpd(child);
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(10) {
-            if guard.0.try_wait().unwrap().is_some() {
-                // It could not listen there.
-                break;
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                // Listening, and still running: the port is its own.
-                if guard.0.try_wait().unwrap().is_none() {
-                    return (guard, port);
-                }
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if wait_for_listener(&mut guard.0, port, Duration::from_secs(10)) {
+            return (guard, port);
         }
     }
     panic!("nghttpd did not listen on any of five free ports");

@@ -155,12 +155,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Waits until something accepts connections on the port.
-pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
+/// Waits until `child` accepts connections on the port: true once
+/// something does while the child still runs (so the port is its own);
+/// false when the child exits first (it could not listen there) or on the
+/// timeout.
+pub fn wait_for_listener(child: &mut Child, port: u16, timeout: Duration) -> bool {
     let started = Instant::now();
     while started.elapsed() < timeout {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
+            return child.try_wait().unwrap().is_none();
         }
         thread::sleep(Duration::from_millis(20));
     }
