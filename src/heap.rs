@@ -226,8 +226,8 @@ pub struct Heap {
     /// Old scopes written since the last collection: they may point at
     /// young objects, so a minor collection traces them as roots.
     remembered: Vec<Gc>,
-    /// Host objects, traced as roots by minor collections (their contents
-    /// can change behind the collector's back).
+    /// Host objects: the old ones are traced as roots by minor collections
+    /// (their contents can change behind the collector's back).
     host_refs: Vec<Gc>,
     /// Bytes held by old objects, and the level that starts a major
     /// cycle.
@@ -954,16 +954,21 @@ impl Heap {
     }
 
     /// Young objects reachable from the roots, the remembered old scopes
-    /// and the host objects survive and become old; the rest are freed.
+    /// and the old host objects survive and become old; the rest are freed.
     fn finish_minor(&mut self) -> usize {
         let remembered = std::mem::take(&mut self.remembered);
         for &g in &remembered {
             self.flags[g.index()] &= !REMEMBERED;
             self.trace_object(g, usize::MAX);
         }
+        // Old host objects may have come to point at young values behind
+        // the write barrier's back, so they are traced again. A young one
+        // is traced only if it is reached, and freed otherwise, like any
+        // young object: a server's requests die young.
         let host_refs = std::mem::take(&mut self.host_refs);
         for &g in &host_refs {
-            if matches!(self.objects[g.index()], Object::Ref(_)) {
+            let i = g.index();
+            if self.flags[i] & OLD != 0 && matches!(self.objects[i], Object::Ref(_)) {
                 self.trace_object(g, usize::MAX);
             }
         }
@@ -1002,6 +1007,11 @@ impl Heap {
         }
         self.young = young;
         self.young.clear();
+        // The young host objects just freed leave the list; the survivors
+        // stay, old now.
+        let objects = &self.objects;
+        self.host_refs
+            .retain(|g| matches!(objects[g.index()], Object::Ref(_)));
         self.live -= freed;
         self.old_bytes += promoted;
         self.bytes = self.old_bytes;
@@ -1101,6 +1111,71 @@ mod tests {
         let t = Instant::now();
         assert_eq!(heap.finish_collection(t), 1);
         assert_eq!(heap.live_objects(), 0);
+    }
+
+    /// A host object holding values, changed in place.
+    struct Holder(std::cell::RefCell<Vec<Value>>);
+
+    impl HostObject for Holder {
+        fn type_name(&self) -> &'static str {
+            "holder"
+        }
+        fn trace(&self, out: &mut Vec<Value>) {
+            out.extend(self.0.borrow().iter().copied());
+        }
+        fn as_any(&self) -> &dyn Any {
+            self
+        }
+    }
+
+    fn holder(heap: &mut Heap, values: Vec<Value>) -> Gc {
+        heap.alloc(Object::Ref(Box::new(Holder(values.into()))))
+    }
+
+    fn held(heap: &Heap, g: Gc) -> &std::cell::RefCell<Vec<Value>> {
+        &heap
+            .host_ref(g)
+            .as_any()
+            .downcast_ref::<Holder>()
+            .unwrap()
+            .0
+    }
+
+    /// A server's requests are host objects that die young: a minor
+    /// collection frees the unreachable ones (and what they hold), while an
+    /// old host object changed in place keeps what it holds now.
+    #[test]
+    fn minor_collection_frees_young_host_objects_and_traces_old_ones() {
+        let mut heap = Heap::new(1 << 20);
+        let old = holder(&mut heap, vec![]);
+        heap.begin_collection(false);
+        heap.mark(old);
+        heap.finish_collection(Instant::now());
+        assert_eq!(heap.flags[old.index()] & OLD, OLD);
+        // Young: a holder that the old one is given, with a string, and a
+        // holder with a string that nothing refers to.
+        let kept_str = heap.string_value("kept");
+        let kept = holder(&mut heap, vec![kept_str]);
+        held(&heap, old).borrow_mut().push(Value::Ref(kept));
+        let dropped_str = heap.string_value("dropped");
+        let _dropped = holder(&mut heap, vec![dropped_str]);
+        heap.begin_collection(false);
+        let freed = heap.finish_collection(Instant::now());
+        assert_eq!(freed, 2, "the unreachable holder and its string");
+        assert!(matches!(heap.get(kept), Object::Ref(_)));
+        assert!(matches!(kept_str, Value::Str(g) if heap.string(g) == "kept"));
+        // The freed holder left the list of host objects; the two live
+        // ones are in it once each.
+        let mut refs = heap.host_refs.clone();
+        refs.sort_unstable_by_key(|g| g.index());
+        assert_eq!(refs, vec![old, kept]);
+        // Dropped by the old holder, the promoted one goes at the next
+        // full collection.
+        held(&heap, old).borrow_mut().clear();
+        heap.begin_collection(true);
+        heap.mark(old);
+        assert_eq!(heap.finish_collection(Instant::now()), 2);
+        assert_eq!(heap.live_objects(), 1);
     }
 
     #[test]

@@ -609,6 +609,12 @@ impl Vm {
         self.collect_with(true);
     }
 
+    /// Runs a minor collection (or a slice of the major cycle in progress)
+    /// now. Only call where every live value is rooted.
+    pub fn collect_young(&mut self) {
+        self.collect_with(false);
+    }
+
     /// Runs a collection step: a full collection if `major`, else a minor
     /// collection or a slice of the incremental major cycle, as the heap
     /// decides (see `heap::incremental`).

@@ -233,22 +233,33 @@ fn host_value(vm: &mut Vm, object: impl HostObject) -> Value {
 
 thread_local! {
     /// Bytes held by the request and response values made on this thread
-    /// since `serve_exchange` last ran a full collection.
-    static MESSAGE_BYTES: Cell<usize> = const { Cell::new(0) };
+    /// since `serve_exchange` last ran a collection, and since it last ran
+    /// a full one.
+    static MESSAGE_BYTES: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
 }
 
-/// Message bytes a serving isolate may accumulate before a full
-/// collection frees them (more when its live heap is larger, so the
-/// collections cost a bounded share of the time).
+/// Message bytes a serving isolate may accumulate before a minor
+/// collection frees them. A handled request is garbage, and young: the
+/// collection's pause is mostly the freeing of the requests since the last
+/// one, so this bounds it (about a thousand small requests, 0.1-0.2 ms).
+const YOUNG_MESSAGE_BUDGET: usize = 512 << 10;
+
+/// Message bytes before a full collection (more when the live heap is
+/// larger, so that full collections cost a bounded share of the time):
+/// it frees the requests that a minor collection found still in flight
+/// (a handler that awaits) and promoted.
 const MESSAGE_BUDGET: usize = 4 << 20;
 
 /// A host value for a request or response. The heap counts every host
-/// object as a few dozen bytes, and a minor collection keeps them all, so
-/// a serving isolate held every request between full collections: some
-/// 150 MB each at the default threshold. What they really hold is counted
-/// here, and `serve_exchange` runs a full collection once it adds up.
+/// object as a few dozen bytes, so a serving isolate would make many
+/// requests between collections, and hold them: some 150 MB at the default
+/// threshold. What they really hold is counted here, and `serve_exchange`
+/// collects once it adds up.
 fn message_value(vm: &mut Vm, object: impl HostObject, bytes: usize) -> Value {
-    MESSAGE_BYTES.with(|b| b.set(b.get().saturating_add(bytes)));
+    MESSAGE_BYTES.with(|b| {
+        let (young, all) = b.get();
+        b.set((young.saturating_add(bytes), all.saturating_add(bytes)));
+    });
     host_value(vm, object)
 }
 
@@ -777,10 +788,13 @@ pub fn serve_exchange(vm: &mut Vm, handler: Value, exchange: Exchange) {
     reply.send(response);
     // As safe a point as any inside the handler: nothing of this request
     // is needed any more, and whatever waits below is rooted.
-    let held = MESSAGE_BYTES.with(|b| b.get());
-    if held >= MESSAGE_BUDGET.max(vm.heap.live_bytes()) {
-        MESSAGE_BYTES.with(|b| b.set(0));
+    let (young, all) = MESSAGE_BYTES.with(|b| b.get());
+    if all >= MESSAGE_BUDGET.max(vm.heap.live_bytes()) {
+        MESSAGE_BYTES.with(|b| b.set((0, 0)));
         vm.collect();
+    } else if young >= YOUNG_MESSAGE_BUDGET {
+        MESSAGE_BYTES.with(|b| b.set((0, all)));
+        vm.collect_young();
     }
 }
 
