@@ -181,6 +181,9 @@ enum Phase {
 enum Step {
     /// A minor collection (which may start or end a major cycle's marking).
     Minor,
+    /// A minor collection, then a slice of the major cycle in progress,
+    /// marking or sweeping (`begin_young_collection`).
+    MinorAndSlice,
     /// A complete stop-the-world collection of everything.
     Full,
     /// A bounded slice of the major cycle's marking or sweeping.
@@ -886,6 +889,30 @@ impl Heap {
         }
     }
 
+    /// Begins a minor collection that also takes the major cycle in
+    /// progress a slice further, for a caller that collects on its own
+    /// schedule rather than at allocation safe points: a serving isolate
+    /// after every few hundred requests, whose handlers allocate too little
+    /// to pace a cycle. Under stress, as `begin_collection(false)`.
+    pub fn begin_young_collection(&mut self) {
+        if self.stress {
+            return self.begin_collection(false);
+        }
+        if self.phase == Phase::Idle && self.old_bytes >= self.major_at {
+            self.start_cycle();
+        }
+        self.step = Step::MinorAndSlice;
+        self.mode = Mode::Minor;
+    }
+
+    /// Has the next minor collection start a major cycle, unless one is in
+    /// progress: it frees old garbage a slice at a time.
+    pub fn request_major_cycle(&mut self) {
+        if self.phase == Phase::Idle {
+            self.major_at = 0;
+        }
+    }
+
     /// Whether the step begun by `begin_collection` needs the roots marked
     /// (a slice of a major cycle does not).
     pub fn needs_roots(&self) -> bool {
@@ -912,6 +939,20 @@ impl Heap {
                     if self.major_gray.is_empty() {
                         self.start_sweep();
                     }
+                }
+                freed
+            }
+            Step::MinorAndSlice => {
+                let mut freed = self.finish_minor();
+                match self.phase {
+                    Phase::Marking => {
+                        self.mark_slice();
+                        if self.major_gray.is_empty() {
+                            self.start_sweep();
+                        }
+                    }
+                    Phase::Sweeping => freed += self.sweep_slice(),
+                    Phase::Idle => {}
                 }
                 freed
             }
@@ -1176,6 +1217,47 @@ mod tests {
         heap.mark(old);
         assert_eq!(heap.finish_collection(Instant::now()), 2);
         assert_eq!(heap.live_objects(), 1);
+    }
+
+    /// A serving isolate asks for a major cycle and then only makes young
+    /// collections: each takes the cycle a slice further, and the cycle
+    /// frees the old garbage without a pause that depends on the heap.
+    #[test]
+    fn young_collections_carry_a_requested_major_cycle_a_slice_at_a_time() {
+        let mut heap = Heap::new(1 << 20);
+        heap.mark_work = 100;
+        heap.sweep_work = 100;
+        let kept = heap.qlist(&[Value::Num(1); 1000]);
+        let dropped = heap.qlist(&[Value::Num(2); 1000]);
+        heap.begin_collection(false);
+        heap.mark_value(kept);
+        heap.mark_value(dropped);
+        heap.finish_collection(Instant::now());
+        assert_eq!(heap.live_objects(), 2000);
+        assert_eq!(heap.phase, Phase::Idle, "no cycle before one is asked for");
+        heap.request_major_cycle();
+        let mut steps = 0;
+        loop {
+            heap.begin_young_collection();
+            heap.mark_value(kept);
+            heap.finish_collection(Instant::now());
+            steps += 1;
+            if heap.phase == Phase::Idle {
+                break;
+            }
+            assert!(steps < 1000, "the cycle does not end");
+        }
+        assert!(steps > 10, "a slice at a time, not at once: {steps} steps");
+        assert_eq!(heap.stats.major_cycles, 1);
+        assert_eq!(heap.live_objects(), 1000, "the dropped list is freed");
+        let mut cell = kept.list_cell();
+        let mut cells = 0;
+        while let Some(c) = cell {
+            assert!(matches!(heap.cons(c).head, Value::Num(1)));
+            cell = heap.cons(c).tail;
+            cells += 1;
+        }
+        assert_eq!(cells, 1000);
     }
 
     #[test]

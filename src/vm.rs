@@ -609,18 +609,24 @@ impl Vm {
         self.collect_with(true);
     }
 
-    /// Runs a minor collection (or a slice of the major cycle in progress)
-    /// now. Only call where every live value is rooted.
+    /// Runs a minor collection now, and a slice of the major cycle in
+    /// progress (see `Heap::begin_young_collection`). Only call where every
+    /// live value is rooted.
     pub fn collect_young(&mut self) {
-        self.collect_with(false);
+        self.collect_step(Heap::begin_young_collection);
     }
 
     /// Runs a collection step: a full collection if `major`, else a minor
     /// collection or a slice of the incremental major cycle, as the heap
     /// decides (see `heap::incremental`).
     fn collect_with(&mut self, major: bool) {
+        self.collect_step(|heap| heap.begin_collection(major));
+    }
+
+    /// A collection step that `begin` chooses.
+    fn collect_step(&mut self, begin: impl FnOnce(&mut Heap)) {
         let started = Instant::now();
-        self.heap.begin_collection(major);
+        begin(&mut self.heap);
         if self.heap.needs_roots() {
             self.mark_roots();
         }

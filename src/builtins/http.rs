@@ -233,8 +233,8 @@ fn host_value(vm: &mut Vm, object: impl HostObject) -> Value {
 
 thread_local! {
     /// Bytes held by the request and response values made on this thread
-    /// since `serve_exchange` last ran a collection, and since it last ran
-    /// a full one.
+    /// since `serve_exchange` last ran a collection, and since it last
+    /// asked for a major cycle.
     static MESSAGE_BYTES: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
 }
 
@@ -244,10 +244,11 @@ thread_local! {
 /// one, so this bounds it (about a thousand small requests, 0.1-0.2 ms).
 const YOUNG_MESSAGE_BUDGET: usize = 512 << 10;
 
-/// Message bytes before a full collection (more when the live heap is
-/// larger, so that full collections cost a bounded share of the time):
-/// it frees the requests that a minor collection found still in flight
-/// (a handler that awaits) and promoted.
+/// Message bytes before a major cycle (more when the live heap is larger,
+/// so that cycles cost a bounded share of the time): it frees the requests
+/// that a minor collection found still in flight (a handler that awaits)
+/// and promoted. The cycle runs a slice at each of the minor collections
+/// that follow, so no pause depends on the size of the heap.
 const MESSAGE_BUDGET: usize = 4 << 20;
 
 /// A host value for a request or response. The heap counts every host
@@ -789,11 +790,13 @@ pub fn serve_exchange(vm: &mut Vm, handler: Value, exchange: Exchange) {
     // As safe a point as any inside the handler: nothing of this request
     // is needed any more, and whatever waits below is rooted.
     let (young, all) = MESSAGE_BYTES.with(|b| b.get());
-    if all >= MESSAGE_BUDGET.max(vm.heap.live_bytes()) {
-        MESSAGE_BYTES.with(|b| b.set((0, 0)));
-        vm.collect();
-    } else if young >= YOUNG_MESSAGE_BUDGET {
-        MESSAGE_BYTES.with(|b| b.set((0, all)));
+    if young >= YOUNG_MESSAGE_BUDGET {
+        if all >= MESSAGE_BUDGET.max(vm.heap.live_bytes()) {
+            MESSAGE_BYTES.with(|b| b.set((0, 0)));
+            vm.heap.request_major_cycle();
+        } else {
+            MESSAGE_BYTES.with(|b| b.set((0, all)));
+        }
         vm.collect_young();
     }
 }

@@ -283,6 +283,19 @@ mod tests {
         heap.finish_collection(Instant::now());
     }
 
+    /// A serving isolate's collection (`Vm::collect_young`): a minor
+    /// collection and a slice of the cycle in progress.
+    fn young(heap: &mut Heap, roots: &Roots) {
+        heap.begin_young_collection();
+        for &v in &roots.values {
+            heap.mark_value(v);
+        }
+        for &s in &roots.scopes {
+            heap.mark(s);
+        }
+        heap.finish_collection(Instant::now());
+    }
+
     /// A safe point once the minor threshold has been reached.
     fn minor(heap: &mut Heap, roots: &Roots) {
         heap.allocated_since_gc = heap.allocated_since_gc.max(heap.threshold);
@@ -584,7 +597,8 @@ mod tests {
 
     /// A random mutator (lists, strings, scopes written through the
     /// barrier, host objects changed in place, frames freed on return,
-    /// pretenured lists) interleaved with safe points at random: nothing
+    /// pretenured lists) interleaved with safe points and a serving
+    /// isolate's young collections at random: nothing
     /// reachable is ever freed, and a full collection at the end finds
     /// exactly the reachable objects live.
     #[test]
@@ -700,16 +714,21 @@ mod tests {
                             roots.values.swap_remove(i);
                         }
                     }
-                    12 => {
-                        if rng.below(2) == 0 {
+                    12 => match rng.below(4) {
+                        0 => {
                             if heap.phase == Phase::Idle {
                                 heap.major_at = 0;
                             }
                             minor(&mut heap, &roots);
-                        } else {
-                            step(&mut heap, &roots);
                         }
-                    }
+                        1 => {
+                            if rng.below(2) == 0 {
+                                heap.request_major_cycle();
+                            }
+                            young(&mut heap, &roots);
+                        }
+                        _ => step(&mut heap, &roots),
+                    },
                     _ => {
                         for _ in 0..rng.below(4) {
                             if heap.phase != Phase::Idle {
