@@ -2483,10 +2483,38 @@ impl Vm {
                 return Err(e);
             }
         }
-        let args: SmallVec<[Value; 4]> = SmallVec::from_slice(&self.stack[base + 1..]);
+        // The arguments are copied out of the value stack (the builtin may
+        // push on it). Up to four, a value at a time into an array: a
+        // copy of a variable length was a call of memcpy per builtin call.
+        let given = &self.stack[base + 1..];
+        let mut few = [Value::Unit; 4];
+        let many: SmallVec<[Value; 4]>;
+        let args: &[Value] = match *given {
+            [] => &[],
+            [a] => {
+                few[0] = a;
+                &few[..1]
+            }
+            [a, b] => {
+                few[..2].copy_from_slice(&[a, b]);
+                &few[..2]
+            }
+            [a, b, c] => {
+                few[..3].copy_from_slice(&[a, b, c]);
+                &few[..3]
+            }
+            [a, b, c, d] => {
+                few = [a, b, c, d];
+                &few
+            }
+            _ => {
+                many = SmallVec::from_slice(given);
+                &many
+            }
+        };
         self.span = span;
         let func = self.builtins[id as usize].func;
-        let result = match func(self, &args, env) {
+        let result = match func(self, args, env) {
             Ok(Flow::Value(v)) => Ok(v),
             Ok(flow) => self.finish(flow),
             Err(e) => Err(e),
