@@ -108,6 +108,43 @@ struct Frame {
     self_fn: Option<Gc>,
 }
 
+/// `builtin_args!(args = given)` binds `args` to the arguments of a
+/// builtin call, copied out of the value stack (the builtin may push on
+/// it): up to four a value at a time into an array — a copy of a variable
+/// length was a call of memcpy per builtin call — and more into a
+/// `SmallVec`. A macro, so that the array and the vector are locals of the
+/// caller that `args` borrows.
+macro_rules! builtin_args {
+    ($args:ident = $given:expr) => {
+        let given: &[Value] = $given;
+        let mut few = [Value::Unit; 4];
+        let many: SmallVec<[Value; 4]>;
+        let $args: &[Value] = match *given {
+            [] => &[],
+            [a] => {
+                few[0] = a;
+                &few[..1]
+            }
+            [a, b] => {
+                few[..2].copy_from_slice(&[a, b]);
+                &few[..2]
+            }
+            [a, b, c] => {
+                few[..3].copy_from_slice(&[a, b, c]);
+                &few[..3]
+            }
+            [a, b, c, d] => {
+                few = [a, b, c, d];
+                &few
+            }
+            _ => {
+                many = SmallVec::from_slice(given);
+                &many
+            }
+        };
+    };
+}
+
 /// Moves the last `values.len() - by` values of `values` to its start
 /// (`by > 0`), one 8-byte word at a time.
 ///
@@ -2483,35 +2520,7 @@ impl Vm {
                 return Err(e);
             }
         }
-        // The arguments are copied out of the value stack (the builtin may
-        // push on it). Up to four, a value at a time into an array: a
-        // copy of a variable length was a call of memcpy per builtin call.
-        let given = &self.stack[base + 1..];
-        let mut few = [Value::Unit; 4];
-        let many: SmallVec<[Value; 4]>;
-        let args: &[Value] = match *given {
-            [] => &[],
-            [a] => {
-                few[0] = a;
-                &few[..1]
-            }
-            [a, b] => {
-                few[..2].copy_from_slice(&[a, b]);
-                &few[..2]
-            }
-            [a, b, c] => {
-                few[..3].copy_from_slice(&[a, b, c]);
-                &few[..3]
-            }
-            [a, b, c, d] => {
-                few = [a, b, c, d];
-                &few
-            }
-            _ => {
-                many = SmallVec::from_slice(given);
-                &many
-            }
-        };
+        builtin_args!(args = &self.stack[base + 1..]);
         self.span = span;
         let func = self.builtins[id as usize].func;
         let result = match func(self, args, env) {
@@ -2791,12 +2800,11 @@ impl Vm {
                             return Err((e, true));
                         }
                     }
-                    let args: SmallVec<[Value; 8]> =
-                        SmallVec::from_slice(&self.stack[callee + 1..]);
+                    builtin_args!(args = &self.stack[callee + 1..]);
                     self.span = span;
                     let func = self.builtins[id as usize].func;
                     let top = self.calls[f].act.is_none();
-                    match func(self, &args, env) {
+                    match func(self, args, env) {
                         Ok(Flow::Value(v)) => {
                             self.stack.truncate(callee);
                             return Ok(Next::Return(v));
