@@ -932,17 +932,7 @@ impl Heap {
         let step = self.step;
         self.charge();
         let freed = match step {
-            Step::Minor => {
-                let freed = self.finish_minor();
-                if self.phase == Phase::Marking {
-                    self.mark_slice();
-                    if self.major_gray.is_empty() {
-                        self.start_sweep();
-                    }
-                }
-                freed
-            }
-            Step::MinorAndSlice => {
+            Step::Minor | Step::MinorAndSlice => {
                 let mut freed = self.finish_minor();
                 match self.phase {
                     Phase::Marking => {
@@ -951,8 +941,10 @@ impl Heap {
                             self.start_sweep();
                         }
                     }
-                    Phase::Sweeping => freed += self.sweep_slice(),
-                    Phase::Idle => {}
+                    // A minor collection at a safe point leaves sweeping to
+                    // the slices paced by allocation.
+                    Phase::Sweeping if step == Step::MinorAndSlice => freed += self.sweep_slice(),
+                    _ => {}
                 }
                 freed
             }
@@ -1154,8 +1146,9 @@ mod tests {
         assert_eq!(heap.live_objects(), 0);
     }
 
-    /// A host object holding values, changed in place.
-    struct Holder(std::cell::RefCell<Vec<Value>>);
+    /// A host object holding values, changed in place (also used by the
+    /// incremental collector's tests).
+    pub(super) struct Holder(std::cell::RefCell<Vec<Value>>);
 
     impl HostObject for Holder {
         fn type_name(&self) -> &'static str {
@@ -1169,11 +1162,11 @@ mod tests {
         }
     }
 
-    fn holder(heap: &mut Heap, values: Vec<Value>) -> Gc {
+    pub(super) fn holder(heap: &mut Heap, values: Vec<Value>) -> Gc {
         heap.alloc(Object::Ref(Box::new(Holder(values.into()))))
     }
 
-    fn held(heap: &Heap, g: Gc) -> &std::cell::RefCell<Vec<Value>> {
+    pub(super) fn held(heap: &Heap, g: Gc) -> &std::cell::RefCell<Vec<Value>> {
         &heap
             .host_ref(g)
             .as_any()

@@ -250,12 +250,11 @@ impl Heap {
 
 #[cfg(test)]
 mod tests {
-    use std::any::Any;
-    use std::cell::RefCell;
     use std::collections::HashSet;
     use std::time::Instant;
 
-    use super::super::{Gc, HostObject, Object, Phase, MARKED, OLD};
+    use super::super::tests::{held, holder};
+    use super::super::{Gc, Object, Phase, MARKED, OLD};
     use super::Heap;
     use crate::error::Span;
     use crate::symbol::Sym;
@@ -503,24 +502,8 @@ mod tests {
         let _ = roots;
     }
 
-    /// A host object whose contents change behind the collector's back.
-    struct Cell(RefCell<Vec<Value>>);
-
-    impl HostObject for Cell {
-        fn type_name(&self) -> &'static str {
-            "cell"
-        }
-        fn trace(&self, out: &mut Vec<Value>) {
-            out.extend(self.0.borrow().iter().copied());
-        }
-        fn as_any(&self) -> &dyn Any {
-            self
-        }
-    }
-
     fn set_cell(heap: &Heap, g: Gc, v: Option<Value>) {
-        let cell = heap.host_ref(g).as_any().downcast_ref::<Cell>().unwrap();
-        let mut vals = cell.0.borrow_mut();
+        let mut vals = held(heap, g).borrow_mut();
         vals.clear();
         vals.extend(v);
     }
@@ -667,7 +650,7 @@ mod tests {
                     }
                     7 => {
                         let v = any_value(&mut rng);
-                        let g = heap.alloc(Object::Ref(Box::new(Cell(RefCell::new(vec![v])))));
+                        let g = holder(&mut heap, vec![v]);
                         roots.values.push(Value::Ref(g));
                     }
                     8 => {
