@@ -15,6 +15,8 @@ use crate::error::Span;
 use crate::symbol::Sym;
 use crate::value::Value;
 
+pub mod depth;
+
 /// Which form a conditional jump belongs to (for its error message).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Cond {
@@ -165,7 +167,6 @@ pub struct TailSelf {
 pub const TAIL_SELF_ARGS: usize = 8;
 
 /// Lowered code of one proto.
-#[derive(Default)]
 pub struct Ops {
     pub ops: Box<[Op]>,
     pub spans: Box<[Span]>,
@@ -180,6 +181,14 @@ pub struct Ops {
     pub leaf_prims: u16,
     /// For a body that is an `if` with a base case (see `Entry`).
     pub entry: Option<Entry>,
+    /// The most operands the code has on the value stack at once, above
+    /// its frame's slots (see `depth`): a frame reserves that much room
+    /// when it starts.
+    pub max_stack: u32,
+    /// The operand depth each op finds (`depth::UNREACHED` for an op no
+    /// path reaches), which the VM asserts at every op it runs.
+    #[cfg(debug_assertions)]
+    pub depths: Box<[u32]>,
 }
 
 /// A body that is an `if` testing its formals (its first op is
@@ -278,6 +287,11 @@ thread_local! {
     static SCRATCH: Cell<(Vec<Op>, Vec<Span>)> = const { Cell::new((Vec::new(), Vec::new())) };
 }
 
+thread_local! {
+    /// The same for the scratch vector of `depth::check`.
+    static CHECK_SCRATCH: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
+}
+
 /// Lowers a body, which runs in tail position.
 pub fn lower(body: Code, forms: &SpecialForms) -> Ops {
     // Taken, not borrowed: a `lower` inside this one (none today) would
@@ -304,7 +318,7 @@ pub fn lower(body: Code, forms: &SpecialForms) -> Ops {
         | Op::PrimReturn(op, _) => bits | 1 << op as u16,
         _ => bits,
     });
-    let lowered = Ops {
+    let mut lowered = Ops {
         shape,
         leaf_prims,
         entry: entry(&l.ops),
@@ -314,7 +328,26 @@ pub fn lower(body: Code, forms: &SpecialForms) -> Ops {
         trees: l.trees.into_boxed_slice(),
         guards: l.guards.into_boxed_slice(),
         tail_selfs: l.tail_selfs.into_boxed_slice(),
+        max_stack: 0,
+        #[cfg(debug_assertions)]
+        depths: Box::new([]),
     };
+    // The VM runs the ops without a test per push or fetch on the strength
+    // of this check: code that fails it must never run.
+    let mut depths = CHECK_SCRATCH.take();
+    match depth::check(&lowered, &mut depths) {
+        Ok(max) => {
+            lowered.max_stack = max;
+            #[cfg(debug_assertions)]
+            {
+                lowered.depths = depths.as_slice().into();
+            }
+        }
+        Err(e) => panic!("internal error: lowered code fails its stack check: {e}"),
+    }
+    if depths.capacity() <= SCRATCH_KEPT {
+        CHECK_SCRATCH.set(depths);
+    }
     // Only vectors of an ordinary size are kept: one huge body must not
     // pin its memory for the thread's life.
     if l.ops.capacity() <= SCRATCH_KEPT && l.spans.capacity() <= SCRATCH_KEPT {

@@ -145,6 +145,40 @@ macro_rules! builtin_args {
     };
 }
 
+/// Pushes an operand in a fast path of the op loop, with no test of the
+/// stack's capacity (a `Vec::push` tests it and keeps its growth path in
+/// line, at every push of every op).
+///
+/// Only `Vm::run` calls it, for pushes that are part of an op's effect as
+/// `lower::depth` counts it, so the room is always there:
+/// - a frame reserves room for `Ops::max_stack` values above the stack's
+///   height (at least its slots' end, `top`) when `run` starts running it
+///   at the top of its frame loop, and when the op loop enters a call of
+///   the same code; a frame the op loop returns to reserved its room when
+///   it started, and the stack's capacity never shrinks (nothing but
+///   `truncate`, `pop`, `drain` and `clear` takes values off it);
+/// - at each op the stack holds exactly `top` plus the depth the check
+///   found there (`Vm::assert_depth` asserts it at every op in debug
+///   builds), and no op pushes past the largest depth, `max_stack`.
+#[inline(always)]
+fn push_operand(stack: &mut Vec<Value>, v: Value) {
+    let len = stack.len();
+    debug_assert!(
+        len < stack.capacity(),
+        "operand pushed past the room reserved"
+    );
+    // SAFETY: `len < capacity` (see above: the frame's reservation covers
+    // every push its ops make), so the slot at `len` is allocated, unused
+    // and properly aligned for a `Value`. Writing a whole `Value` there
+    // and then counting it with `set_len(len + 1)` leaves every slot below
+    // the new length initialized, which is what `set_len` requires; the
+    // written `Value` was moved in, so nothing is dropped twice or leaked.
+    unsafe {
+        stack.as_mut_ptr().add(len).write(v);
+        stack.set_len(len + 1);
+    }
+}
+
 /// Moves the last `values.len() - by` values of `values` to its start
 /// (`by > 0`), one 8-byte word at a time.
 ///
@@ -2926,6 +2960,8 @@ impl Vm {
             }
             let code = &proto.code;
             let ops = &*code.ops;
+            // Room for every operand the frame's code pushes (`push_operand`).
+            self.stack.reserve(code.max_stack as usize);
             // The op just fetched, run by `run_step` from the frame.
             macro_rules! slow {
                 () => {{
@@ -3045,7 +3081,7 @@ impl Vm {
                         Value::Builtin(id) if !lazy || !self.wants_env(id, base) => {
                             self.calls[f].pc = pc;
                             match self.call_builtin(id, base, env, span()) {
-                                Ok(v) => self.stack.push(v),
+                                Ok(v) => push_operand(&mut self.stack, v),
                                 Err(e) => return Err(self.unwind(stop, e, false)),
                             }
                             continue;
@@ -3130,6 +3166,8 @@ impl Vm {
                         return Err(self.unwind(stop, e, false));
                     }
                     if std::ptr::eq(code_at, Rc::as_ptr(&proto)) {
+                        // Room for the new frame's operands (`push_operand`).
+                        self.stack.reserve(code.max_stack as usize);
                         f += 1;
                         fp = base + 1;
                         pc = start;
@@ -3166,8 +3204,8 @@ impl Vm {
             macro_rules! fused_push {
                 ($a:expr, $b:expr) => {{
                     let (a, b) = ($a, $b);
-                    self.stack.push(a);
-                    self.stack.push(b);
+                    push_operand(&mut self.stack, a);
+                    push_operand(&mut self.stack, b);
                     pc += 1;
                     if let Some(&Op::Call(argc, name)) = ops.get(pc) {
                         pc += 1;
@@ -3177,24 +3215,35 @@ impl Vm {
                 }};
             }
             loop {
-                let op = &ops[pc];
+                #[cfg(debug_assertions)]
+                self.assert_depth(f, pc, code);
+                // SAFETY: `pc < ops.len()`. The lowered code passed
+                // `lower::depth::check`, which refuses code where a path
+                // runs past the last op or jumps past it, and code whose
+                // fused ops lack the op they skip; every pc run here is
+                // one of those it followed: 0 when a frame starts (the code
+                // has ops), its `Entry`'s starts (checked to be reached),
+                // the op after one that goes on, a jump's target, or a pc
+                // saved in the frame by this loop or `run_step` (an op
+                // being run, the one after it, or a guard's end).
+                let op = unsafe { ops.get_unchecked(pc) };
                 pc += 1;
                 let value = match *op {
                     Op::Const(i) => {
                         let v = code.values[i as usize];
-                        self.stack.push(v);
+                        push_operand(&mut self.stack, v);
                         continue;
                     }
                     Op::Local(slot) => {
                         let v = self.stack[fp + slot as usize];
-                        self.stack.push(v);
+                        push_operand(&mut self.stack, v);
                         continue;
                     }
                     Op::Name(sym) => {
                         let Some(v) = global_fast!(sym) else {
                             name_push!(sym)
                         };
-                        self.stack.push(v);
+                        push_operand(&mut self.stack, v);
                         continue;
                     }
                     Op::NameLocalNum(sym, op, slot, k) => {
@@ -3204,7 +3253,7 @@ impl Vm {
                         };
                         let Some(r) = local_num!(op, slot, k) else {
                             // The `PrimLocalNum` runs next.
-                            self.stack.push(v);
+                            push_operand(&mut self.stack, v);
                             continue;
                         };
                         // With the `PrimLocalNum` that follows.
@@ -3222,7 +3271,7 @@ impl Vm {
                             let x = self.stack[fp + a as usize];
                             match local_num!(op, a, j) {
                                 Some(v) => {
-                                    self.stack.push(v);
+                                    push_operand(&mut self.stack, v);
                                     continue;
                                 }
                                 None => prim_push!(
@@ -3234,15 +3283,15 @@ impl Vm {
                                 ),
                             }
                         };
-                        self.stack.push(v);
-                        self.stack.push(w);
+                        push_operand(&mut self.stack, v);
+                        push_operand(&mut self.stack, w);
                         // The `PrimLocalNum` that follows, done.
                         pc += 1;
                         continue;
                     }
                     Op::PrimLocalNum(op, slot, k) => match local_num!(op, slot, k) {
                         Some(v) => {
-                            self.stack.push(v);
+                            push_operand(&mut self.stack, v);
                             continue;
                         }
                         None => {
@@ -3267,7 +3316,7 @@ impl Vm {
                         let Some(v) = v else {
                             prim_push!(op, self.forms.prims[op as usize].0, a, b, 0)
                         };
-                        self.stack.push(v);
+                        push_operand(&mut self.stack, v);
                         continue;
                     }
                     Op::Prim(op, form) => {
@@ -3387,6 +3436,32 @@ impl Vm {
                 }
                 continue 'frame;
             }
+        }
+    }
+
+    /// The invariant the op loop's unchecked pushes rest on (see
+    /// `lower::depth`): frame `f` has as many operands on the stack as its
+    /// code's check found at `pc`. A `Return` (which pushes nothing) may
+    /// find more: after a tail call that entered its callee above a frame
+    /// it could not replace, values a builtin left for that call (`try`'s
+    /// handler, say) are still below the value returned.
+    #[cfg(debug_assertions)]
+    fn assert_depth(&self, f: usize, pc: usize, code: &crate::lower::Ops) {
+        let frame = &self.calls[f];
+        let depth = code.depths[pc];
+        let ops = &code.ops;
+        assert_ne!(
+            depth,
+            crate::lower::depth::UNREACHED,
+            "op {pc} is never reached: {ops:?}"
+        );
+        let (have, want) = (self.stack.len(), frame.top + depth as usize);
+        match ops[pc] {
+            Op::Return => assert!(
+                have >= want,
+                "operands of op {pc} (Return): {have} < {want}"
+            ),
+            op => assert_eq!(have, want, "operands of op {pc} ({op:?}) in {ops:?}"),
         }
     }
 
