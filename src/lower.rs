@@ -222,16 +222,56 @@ pub enum Base {
 /// An `Entry`'s test, as its op has it.
 #[derive(Clone, Copy, Debug)]
 pub enum EntryTest {
-    /// `(op formal k)`.
-    LocalNum(PrimOp, u16, i32),
+    /// `(op formal k)`, with the range of Numbers it holds for.
+    LocalNum(PrimOp, u16, NumRange),
     /// `(op formal formal)`.
     Locals(PrimOp, u16, u16),
+}
+
+/// A comparison of a Number `x` with a constant, as a range test: it
+/// holds when `x - lo` (wrapping, taken as unsigned) is at most `width`,
+/// or, when `outside`, when it is not — one subtraction and one compare
+/// whatever the operator, with no dispatch on it.
+#[derive(Clone, Copy, Debug)]
+pub struct NumRange {
+    lo: i64,
+    width: u64,
+    outside: bool,
+}
+
+impl NumRange {
+    /// The range `(op x k)` holds for; `None` if `op` is no comparison.
+    pub fn of(op: PrimOp, k: i64) -> Option<NumRange> {
+        // Inclusive bounds; `k` is from an `i32`, so `k ± 1` is exact.
+        let (lo, hi, outside) = match op {
+            PrimOp::Lt => (i64::MIN, k.checked_sub(1)?, false),
+            PrimOp::Le => (i64::MIN, k, false),
+            PrimOp::Gt => (k.checked_add(1)?, i64::MAX, false),
+            PrimOp::Ge => (k, i64::MAX, false),
+            PrimOp::Eq => (k, k, false),
+            PrimOp::Ne => (k, k, true),
+            _ => return None,
+        };
+        Some(NumRange {
+            lo,
+            width: hi.wrapping_sub(lo) as u64,
+            outside,
+        })
+    }
+
+    #[inline(always)]
+    pub fn holds(self, x: i64) -> bool {
+        (x.wrapping_sub(self.lo) as u64 <= self.width) != self.outside
+    }
 }
 
 /// The `Entry` of lowered `ops`, if they have one.
 fn entry(ops: &[Op]) -> Option<Entry> {
     let (test, target) = match *ops.first()? {
-        Op::IfTestLocalNum(op, slot, k, target, _) => (EntryTest::LocalNum(op, slot, k), target),
+        Op::IfTestLocalNum(op, slot, k, target, _) => (
+            EntryTest::LocalNum(op, slot, NumRange::of(op, k.into())?),
+            target,
+        ),
         Op::IfTestLocals(op, a, b, target, _) => (EntryTest::Locals(op, a, b), target),
         _ => return None,
     };
@@ -764,5 +804,34 @@ impl Lowerer<'_> {
                 self.tree(other, span, tail);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_holds_as_the_comparison_does() {
+        let ops = [
+            (PrimOp::Lt, i64::lt as fn(&i64, &i64) -> bool),
+            (PrimOp::Le, i64::le),
+            (PrimOp::Gt, i64::gt),
+            (PrimOp::Ge, i64::ge),
+            (PrimOp::Eq, i64::eq),
+            (PrimOp::Ne, i64::ne),
+        ];
+        let ks = [i32::MIN as i64, -7, -1, 0, 1, 2, 7, i32::MAX as i64];
+        for (op, cmp) in ops {
+            for k in ks {
+                let range = NumRange::of(op, k).unwrap();
+                let mut xs = vec![i64::MIN, i64::MIN + 1, -1, 0, 1, i64::MAX - 1, i64::MAX];
+                xs.extend([k - 2, k - 1, k, k + 1, k + 2]);
+                for x in xs {
+                    assert_eq!(range.holds(x), cmp(&x, &k), "({op:?} {x} {k})");
+                }
+            }
+        }
+        assert!(NumRange::of(PrimOp::Add, 1).is_none());
     }
 }

@@ -2519,8 +2519,8 @@ impl Vm {
             return None;
         }
         let holds = match entry.test {
-            EntryTest::LocalNum(op, slot, k) => match &self.stack[fp + slot as usize] {
-                Value::Num(x) if self.prim_holds(op) => compare_numbers(op, *x, k as i64),
+            EntryTest::LocalNum(op, slot, range) => match &self.stack[fp + slot as usize] {
+                Value::Num(x) if self.prim_holds(op) => Some(range.holds(*x)),
                 _ => None,
             },
             EntryTest::Locals(op, a, b) => {
