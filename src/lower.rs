@@ -200,23 +200,21 @@ pub struct Ops {
 #[derive(Clone, Copy, Debug)]
 pub struct Entry {
     pub test: EntryTest,
-    /// What the branch taken when the test holds returns, if that is all
-    /// it does.
-    pub then_base: Option<Base>,
-    /// The same for the branch taken when it does not.
-    pub else_base: Option<Base>,
-    /// Where each branch starts (past the test and its jump).
-    pub then_pc: u32,
-    pub else_pc: u32,
+    /// What a call does after the test: `branches[1]` when it holds (the
+    /// `if`'s then-branch), `branches[0]` when it does not.
+    pub branches: [Branch; 2],
 }
 
-/// What an `Entry`'s base case returns.
+/// One branch of an `Entry`'s `if`.
 #[derive(Clone, Copy, Debug)]
-pub enum Base {
-    /// Formal `i`.
+pub enum Branch {
+    /// It only returns formal `i`.
     Local(u16),
-    /// `values[i]`.
+    /// It only returns `values[i]`.
     Const(u32),
+    /// Anything else: the body goes on at this pc (past the test and its
+    /// jump).
+    Start(u32),
 }
 
 /// An `Entry`'s test, as its op has it.
@@ -279,19 +277,17 @@ fn entry(ops: &[Op]) -> Option<Entry> {
     if !matches!(ops.get(1), Some(Op::JumpIfFalse(..))) {
         return None;
     }
-    let returns = |at: usize| match ops.get(at..) {
-        Some(&[Op::ReturnLocal(slot), ..]) => u16::try_from(slot).ok().map(Base::Local),
-        Some(&[Op::Const(i), Op::Return, ..]) => Some(Base::Const(i)),
-        _ => None,
+    let branch = |at: u32| match ops.get(at as usize..) {
+        Some(&[Op::ReturnLocal(slot), ..]) => match u16::try_from(slot) {
+            Ok(slot) => Branch::Local(slot),
+            Err(_) => Branch::Start(at),
+        },
+        Some(&[Op::Const(i), Op::Return, ..]) => Branch::Const(i),
+        _ => Branch::Start(at),
     };
-    let (then_base, else_base) = (returns(2), returns(target as usize));
-    (then_base.is_some() || else_base.is_some()).then_some(Entry {
-        test,
-        then_base,
-        else_base,
-        then_pc: 2,
-        else_pc: target,
-    })
+    let branches = [branch(target), branch(2)];
+    let starts = |b: &Branch| matches!(b, Branch::Start(_));
+    (!branches.iter().all(starts)).then_some(Entry { test, branches })
 }
 
 /// Bodies whose calls can be answered at the call site, without a frame.

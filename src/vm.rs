@@ -18,7 +18,7 @@ use smallvec::SmallVec;
 use crate::compile::{Code, Compiler, Inline, PrimOp, Proto, SpecialForms};
 use crate::error::{ErrorData, Span};
 use crate::heap::{Env, Gc, Heap, Lambda, Object};
-use crate::lower::{Base, EntryTest, Guard, Op, Ops, SelfArg, Shape, TAIL_SELF_ARGS};
+use crate::lower::{Branch, EntryTest, Guard, Op, Ops, SelfArg, Shape, TAIL_SELF_ARGS};
 use crate::symbol::{Sym, Symbols};
 use crate::value::{equal, Printer, Value};
 
@@ -2532,15 +2532,10 @@ impl Vm {
                 }
             }
         }?;
-        let (base, pc) = if holds {
-            (entry.then_base, entry.then_pc)
-        } else {
-            (entry.else_base, entry.else_pc)
-        };
-        Some(match base {
-            Some(Base::Local(slot)) => Ok(self.stack[fp + slot as usize]),
-            Some(Base::Const(i)) => Ok(code.values[i as usize]),
-            None => Err(pc),
+        Some(match entry.branches[holds as usize] {
+            Branch::Local(slot) => Ok(self.stack[fp + slot as usize]),
+            Branch::Const(i) => Ok(code.values[i as usize]),
+            Branch::Start(pc) => Err(pc),
         })
     }
 

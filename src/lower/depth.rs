@@ -87,7 +87,10 @@ pub fn check(code: &Ops, depth: &mut Vec<u32>) -> Result<u32, String> {
     }
     // Where a recursion's call may start a frame (past the test it did).
     if let Some(entry) = &code.entry {
-        for at in [entry.then_pc, entry.else_pc] {
+        for branch in entry.branches {
+            let super::Branch::Start(at) = branch else {
+                continue;
+            };
             if depth.get(at as usize) != Some(&0) {
                 return Err(format!("entry pc {at} does not start at depth 0"));
             }
