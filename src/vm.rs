@@ -179,6 +179,43 @@ fn push_operand(stack: &mut Vec<Value>, v: Value) {
     }
 }
 
+/// `frame!(vm, f)`: frame `f` of `Vm::run`'s op loop, the frame the loop
+/// is running, without a bounds test (`frame_mut!` to change it). Macros
+/// rather than methods, so that they borrow only `vm.calls`.
+///
+/// `f < vm.calls.len()` whenever the loop reads its frame: the loop sets
+/// `f` to the top frame's index, or to the index of a frame it has just
+/// pushed, or, after it popped frame `f` in a return, to `f - 1`; and while
+/// the loop runs frame `f`, no frame at or below `f` is popped but by the
+/// loop itself: a helper it calls may push frames and replace the top one
+/// (a tail call), code run by a builtin or by a nested loop pops only
+/// frames it pushed, and an Error that unwinds frame `f` ends the loop (it
+/// returns). Debug builds assert it.
+macro_rules! frame {
+    ($vm:ident, $f:expr) => {
+        (*{
+            let f: usize = $f;
+            debug_assert!(f < $vm.calls.len(), "frame {f} of {}", $vm.calls.len());
+            // SAFETY: `f < calls.len()` (see above), so the element is in
+            // bounds and initialized, and the reference lives only for
+            // the expression it is used in.
+            unsafe { $vm.calls.get_unchecked(f) }
+        })
+    };
+}
+
+macro_rules! frame_mut {
+    ($vm:ident, $f:expr) => {
+        (*{
+            let f: usize = $f;
+            debug_assert!(f < $vm.calls.len(), "frame {f} of {}", $vm.calls.len());
+            // SAFETY: as in `frame!`; the reference is the only one to the
+            // element while it lives (it borrows `calls` mutably).
+            unsafe { $vm.calls.get_unchecked_mut(f) }
+        })
+    };
+}
+
 /// Moves the last `values.len() - by` values of `values` to its start
 /// (`by > 0`), one 8-byte word at a time.
 ///
@@ -2946,11 +2983,11 @@ impl Vm {
         let if_slot = self.if_slot();
         'frame: loop {
             let mut f = self.calls.len() - 1;
-            let mut pc = self.calls[f].pc;
-            let mut env = self.calls[f].env;
-            let mut fp = self.calls[f].fp;
+            let mut pc = frame!(self, f).pc;
+            let mut env = frame!(self, f).env;
+            let mut fp = frame!(self, f).fp;
             let mut lazy = self.is_lazy(f);
-            if !std::ptr::eq(Rc::as_ptr(&proto), self.calls[f].code_at) {
+            if !std::ptr::eq(Rc::as_ptr(&proto), frame!(self, f).code_at) {
                 proto = self.code_of(f).clone();
             }
             let code = &proto.code;
@@ -2960,7 +2997,7 @@ impl Vm {
             // The op just fetched, run by `run_step` from the frame.
             macro_rules! slow {
                 () => {{
-                    self.calls[f].pc = pc - 1;
+                    frame_mut!(self, f).pc = pc - 1;
                     match self.run_step(stop) {
                         Ok(None) => continue 'frame,
                         Ok(Some(v)) => return Ok(v),
@@ -2971,7 +3008,7 @@ impl Vm {
             macro_rules! global_fast {
                 ($sym:expr) => {{
                     match self.globals.get($sym.index()) {
-                        Some(Some(v)) if lazy && self.calls[f].lambda_env.is_none() => Some(*v),
+                        Some(Some(v)) if lazy && frame!(self, f).lambda_env.is_none() => Some(*v),
                         _ => None,
                     }
                 }};
@@ -2982,7 +3019,7 @@ impl Vm {
                     match self.name_value(f, $sym, code.spans[pc - 1]) {
                         Ok(v) => {
                             lazy = self.is_lazy(f);
-                            env = self.calls[f].env;
+                            env = frame!(self, f).env;
                             self.stack.push(v);
                             continue;
                         }
@@ -2995,13 +3032,13 @@ impl Vm {
             // drops `$drop` values and pushes the result.
             macro_rules! prim_push {
                 ($op:expr, $form:expr, $a:expr, $b:expr, $drop:expr) => {{
-                    self.calls[f].pc = pc;
+                    frame_mut!(self, f).pc = pc;
                     let span = code.spans[pc - 1];
                     if let Err(e) = self.prim_push(f, $op, $form, $a, $b, $drop, span) {
                         return Err(self.unwind(stop, e, false));
                     }
                     lazy = self.is_lazy(f);
-                    env = self.calls[f].env;
+                    env = frame!(self, f).env;
                     continue;
                 }};
             }
@@ -3060,7 +3097,7 @@ impl Vm {
                     let span = || code.spans[pc - 1];
                     // The commonest call: a lambda entered directly
                     // (see `enter_call`), its body run in a frame.
-                    let frame = &self.calls[f];
+                    let frame = &frame!(self, f);
                     let direct = match self.stack[base] {
                         // The lambda this frame was entered with, with
                         // as many arguments (a recursion): its code is
@@ -3074,7 +3111,7 @@ impl Vm {
                             Some((g, Rc::as_ptr(&proto), frame.lambda_env, true))
                         }
                         Value::Builtin(id) if !lazy || !self.wants_env(id, base) => {
-                            self.calls[f].pc = pc;
+                            frame_mut!(self, f).pc = pc;
                             match self.call_builtin(id, base, env, span()) {
                                 Ok(v) => push_operand(&mut self.stack, v),
                                 Err(e) => return Err(self.unwind(stop, e, false)),
@@ -3094,7 +3131,7 @@ impl Vm {
                             }
                             if !direct {
                                 // Bound or rest arguments, limits, fuel.
-                                self.calls[f].pc = pc;
+                                frame_mut!(self, f).pc = pc;
                                 let caller = if lazy {
                                     Caller::frame(f)
                                 } else {
@@ -3104,7 +3141,7 @@ impl Vm {
                                     Ok(Some(v)) => {
                                         self.stack.push(v);
                                         lazy = self.is_lazy(f);
-                                        env = self.calls[f].env;
+                                        env = frame!(self, f).env;
                                         continue;
                                     }
                                     Ok(None) => continue 'frame,
@@ -3117,12 +3154,12 @@ impl Vm {
                         _ => None,
                     };
                     let Some((g, code_at, lambda_env, self_call)) = direct else {
-                        self.calls[f].pc = pc;
+                        frame_mut!(self, f).pc = pc;
                         if let Err(e) = self.call_other(f, base, span()) {
                             return Err(self.unwind(stop, e, false));
                         }
                         lazy = self.is_lazy(f);
-                        env = self.calls[f].env;
+                        env = frame!(self, f).env;
                         continue;
                     };
                     // A base case of a recursion answered from the
@@ -3141,7 +3178,7 @@ impl Vm {
                             None => {}
                         }
                     }
-                    self.calls[f].pc = pc;
+                    frame_mut!(self, f).pc = pc;
                     let caller = if lazy {
                         Caller::frame(f)
                     } else {
@@ -3397,7 +3434,7 @@ impl Vm {
                             // The running call returns what that call gives.
                             v
                         } else {
-                            self.calls[f].pc = pc;
+                            frame_mut!(self, f).pc = pc;
                             match self.tail_dispatch(f, callee, env, span, name) {
                                 Ok(Next::Return(v)) => v,
                                 Ok(Next::Enter) => continue 'frame,
