@@ -180,8 +180,8 @@ fn push_operand(stack: &mut Vec<Value>, v: Value) {
 }
 
 /// `frame!(vm, f)`: frame `f` of `Vm::run`'s op loop, the frame the loop
-/// is running, without a bounds test (`frame_mut!` to change it). Macros
-/// rather than methods, so that they borrow only `vm.calls`.
+/// is running, without a bounds test (`frame!(mut vm, f)` to change it).
+/// A macro rather than methods, so that it borrows only `vm.calls`.
 ///
 /// `f < vm.calls.len()` whenever the loop reads its frame: the loop sets
 /// `f` to the top frame's index, or to the index of a frame it has just
@@ -193,25 +193,20 @@ fn push_operand(stack: &mut Vec<Value>, v: Value) {
 /// returns). Debug builds assert it.
 macro_rules! frame {
     ($vm:ident, $f:expr) => {
+        frame!(@at $vm, $f, get_unchecked)
+    };
+    (mut $vm:ident, $f:expr) => {
+        frame!(@at $vm, $f, get_unchecked_mut)
+    };
+    (@at $vm:ident, $f:expr, $get:ident) => {
         (*{
             let f: usize = $f;
             debug_assert!(f < $vm.calls.len(), "frame {f} of {}", $vm.calls.len());
             // SAFETY: `f < calls.len()` (see above), so the element is in
-            // bounds and initialized, and the reference lives only for
-            // the expression it is used in.
-            unsafe { $vm.calls.get_unchecked(f) }
-        })
-    };
-}
-
-macro_rules! frame_mut {
-    ($vm:ident, $f:expr) => {
-        (*{
-            let f: usize = $f;
-            debug_assert!(f < $vm.calls.len(), "frame {f} of {}", $vm.calls.len());
-            // SAFETY: as in `frame!`; the reference is the only one to the
-            // element while it lives (it borrows `calls` mutably).
-            unsafe { $vm.calls.get_unchecked_mut(f) }
+            // bounds and initialized; the reference lives only for the
+            // expression it is used in (and, from `get_unchecked_mut`, is
+            // the only one to the element, as it borrows `calls` mutably).
+            unsafe { $vm.calls.$get(f) }
         })
     };
 }
@@ -2997,7 +2992,7 @@ impl Vm {
             // The op just fetched, run by `run_step` from the frame.
             macro_rules! slow {
                 () => {{
-                    frame_mut!(self, f).pc = pc - 1;
+                    frame!(mut self, f).pc = pc - 1;
                     match self.run_step(stop) {
                         Ok(None) => continue 'frame,
                         Ok(Some(v)) => return Ok(v),
@@ -3032,7 +3027,7 @@ impl Vm {
             // drops `$drop` values and pushes the result.
             macro_rules! prim_push {
                 ($op:expr, $form:expr, $a:expr, $b:expr, $drop:expr) => {{
-                    frame_mut!(self, f).pc = pc;
+                    frame!(mut self, f).pc = pc;
                     let span = code.spans[pc - 1];
                     if let Err(e) = self.prim_push(f, $op, $form, $a, $b, $drop, span) {
                         return Err(self.unwind(stop, e, false));
@@ -3111,7 +3106,7 @@ impl Vm {
                             Some((g, Rc::as_ptr(&proto), frame.lambda_env, true))
                         }
                         Value::Builtin(id) if !lazy || !self.wants_env(id, base) => {
-                            frame_mut!(self, f).pc = pc;
+                            frame!(mut self, f).pc = pc;
                             match self.call_builtin(id, base, env, span()) {
                                 Ok(v) => push_operand(&mut self.stack, v),
                                 Err(e) => return Err(self.unwind(stop, e, false)),
@@ -3131,7 +3126,7 @@ impl Vm {
                             }
                             if !direct {
                                 // Bound or rest arguments, limits, fuel.
-                                frame_mut!(self, f).pc = pc;
+                                frame!(mut self, f).pc = pc;
                                 let caller = if lazy {
                                     Caller::frame(f)
                                 } else {
@@ -3154,7 +3149,7 @@ impl Vm {
                         _ => None,
                     };
                     let Some((g, code_at, lambda_env, self_call)) = direct else {
-                        frame_mut!(self, f).pc = pc;
+                        frame!(mut self, f).pc = pc;
                         if let Err(e) = self.call_other(f, base, span()) {
                             return Err(self.unwind(stop, e, false));
                         }
@@ -3178,7 +3173,7 @@ impl Vm {
                             None => {}
                         }
                     }
-                    frame_mut!(self, f).pc = pc;
+                    frame!(mut self, f).pc = pc;
                     let caller = if lazy {
                         Caller::frame(f)
                     } else {
@@ -3434,7 +3429,7 @@ impl Vm {
                             // The running call returns what that call gives.
                             v
                         } else {
-                            frame_mut!(self, f).pc = pc;
+                            frame!(mut self, f).pc = pc;
                             match self.tail_dispatch(f, callee, env, span, name) {
                                 Ok(Next::Return(v)) => v,
                                 Ok(Next::Enter) => continue 'frame,
