@@ -4,6 +4,8 @@
 
 use std::collections::HashSet;
 
+use smallvec::SmallVec;
+
 use crate::heap::{Gc, Heap, Object};
 use crate::symbol::{Sym, Symbols};
 
@@ -285,101 +287,111 @@ impl<'a> Printer<'a> {
 /// Structural equality as `==` defines it: lists deeply, strings by content,
 /// numbers numerically across Number and Float, builtins by identity,
 /// lambdas by formals, body and bound arguments, maps by their entries.
+///
+/// No native recursion: the pairs still to compare wait on a list of their
+/// own, so lists nested to any depth compare by content. The answer is
+/// whether every pair met is equal, in whatever order they are taken.
+/// Lists share structure (`(list a a)` holds `a` twice), so a value can be
+/// exponentially larger than its heap; after a while, pairs of list cells
+/// already met are remembered and not compared again (were they unequal,
+/// the answer is no anyway), which keeps the work proportional to the
+/// distinct cells.
 pub fn equal(heap: &Heap, a: Value, b: Value) -> bool {
-    Equality {
-        heap,
-        cells: 0,
-        equal_pairs: HashSet::new(),
+    if let Some(equal) = equal_leaves(heap, a, b) {
+        return equal;
     }
-    .equal(a, b, 0)
-}
-
-/// List cells compared before pairs found equal are remembered.
-const EQUAL_MEMO_AFTER: usize = 4096;
-
-/// One comparison. Lists share structure (`(list a a)` holds `a` twice), so
-/// a value can be exponentially larger than its heap; after a while, pairs
-/// of cells already found equal are remembered and not compared again,
-/// which keeps the work proportional to the distinct cells.
-struct Equality<'a> {
-    heap: &'a Heap,
-    cells: usize,
-    equal_pairs: HashSet<(Gc, Gc)>,
-}
-
-impl Equality<'_> {
-    fn equal(&mut self, a: Value, b: Value, depth: usize) -> bool {
-        if depth > PRINT_DEPTH_LIMIT {
-            return a.same(b);
-        }
-        let heap = self.heap;
-        match (a, b) {
-            (Value::Num(x), Value::Num(y)) => x == y,
-            (Value::Float(x), Value::Float(y)) => x == y,
-            (Value::Num(x), Value::Float(y)) | (Value::Float(y), Value::Num(x)) => x as f64 == y,
-            (Value::Str(x), Value::Str(y)) => x == y || heap.string(x) == heap.string(y),
-            (Value::Q(x), Value::Q(y)) | (Value::S(x), Value::S(y)) => self.lists(x, y, depth),
-            (Value::Lambda(x), Value::Lambda(y)) => {
-                if x == y {
-                    return true;
+    let mut pending: SmallVec<[(Value, Value); 16]> = SmallVec::new();
+    pending.push((a, b));
+    let mut cells = 0usize;
+    let mut met: HashSet<(Gc, Gc)> = HashSet::new();
+    // Queues a pair, or settles it at once when neither holds others.
+    let compare =
+        |pending: &mut SmallVec<[(Value, Value); 16]>, a: Value, b: Value| match equal_leaves(
+            heap, a, b,
+        ) {
+            Some(equal) => equal,
+            None => {
+                pending.push((a, b));
+                true
+            }
+        };
+    while let Some((a, b)) = pending.pop() {
+        let equal = match (a, b) {
+            (Value::Q(x), Value::Q(y)) | (Value::S(x), Value::S(y)) => {
+                let (mut x, mut y) = (Some(x), Some(y));
+                loop {
+                    match (x, y) {
+                        (None, None) => break true,
+                        (Some(cx), Some(cy)) => {
+                            if cx == cy {
+                                break true;
+                            }
+                            cells += 1;
+                            if cells > EQUAL_MEMO_AFTER && !met.insert((cx, cy)) {
+                                break true;
+                            }
+                            let (a, b) = (heap.cons(cx), heap.cons(cy));
+                            if a.len != b.len || !compare(&mut pending, a.head, b.head) {
+                                break false;
+                            }
+                            x = a.tail;
+                            y = b.tail;
+                        }
+                        _ => break false,
+                    }
                 }
+            }
+            (Value::Lambda(x), Value::Lambda(y)) => {
                 let (a, b) = (heap.lambda(x), heap.lambda(y));
-                self.equal(a.proto.formals_value, b.proto.formals_value, depth + 1)
-                    && self.equal(a.proto.body_value, b.proto.body_value, depth + 1)
-                    && a.bound.len() == b.bound.len()
+                a.bound.len() == b.bound.len()
+                    && compare(&mut pending, a.proto.formals_value, b.proto.formals_value)
+                    && compare(&mut pending, a.proto.body_value, b.proto.body_value)
                     && a.bound
                         .iter()
                         .zip(b.bound.iter())
-                        .all(|(p, q)| self.equal(*p, *q, depth + 1))
+                        .all(|(p, q)| compare(&mut pending, *p, *q))
             }
             (Value::Map(x), Value::Map(y)) => {
-                if x == y {
-                    return true;
-                }
                 let (a, b) = (heap.map(x), heap.map(y));
                 a.size() == b.size()
                     && a.iter().all(|(key, (_, v))| {
                         b.get(key)
-                            .is_some_and(|(_, w)| self.equal(*v, *w, depth + 1))
+                            .is_some_and(|(_, w)| compare(&mut pending, *v, *w))
                     })
             }
+            // Only pairs `equal_leaves` left open are queued.
             _ => a.same(b),
-        }
-    }
-
-    fn lists(&mut self, x: Gc, y: Gc, depth: usize) -> bool {
-        let heap = self.heap;
-        let (mut x, mut y) = (Some(x), Some(y));
-        let mut visited: Vec<(Gc, Gc)> = Vec::new();
-        let equal = loop {
-            match (x, y) {
-                (None, None) => break true,
-                (Some(cx), Some(cy)) => {
-                    if cx == cy {
-                        break true;
-                    }
-                    self.cells += 1;
-                    if self.cells > EQUAL_MEMO_AFTER {
-                        if self.equal_pairs.contains(&(cx, cy)) {
-                            break true;
-                        }
-                        visited.push((cx, cy));
-                    }
-                    let (a, b) = (heap.cons(cx), heap.cons(cy));
-                    if a.len != b.len || !self.equal(a.head, b.head, depth + 1) {
-                        break false;
-                    }
-                    x = a.tail;
-                    y = b.tail;
-                }
-                _ => break false,
-            }
         };
-        if equal {
-            self.equal_pairs.extend(visited);
+        if !equal {
+            return false;
         }
-        equal
     }
+    true
+}
+
+/// List cells compared before pairs met are remembered.
+const EQUAL_MEMO_AFTER: usize = 4096;
+
+/// Whether `a` equals `b` when that needs no look inside them (`None`:
+/// two lists, two lambdas or two maps, not the same object).
+fn equal_leaves(heap: &Heap, a: Value, b: Value) -> Option<bool> {
+    Some(match (a, b) {
+        (Value::Num(x), Value::Num(y)) => x == y,
+        (Value::Float(x), Value::Float(y)) => x == y,
+        (Value::Num(x), Value::Float(y)) | (Value::Float(y), Value::Num(x)) => x as f64 == y,
+        (Value::Str(x), Value::Str(y)) => x == y || heap.string(x) == heap.string(y),
+        (Value::Q(x), Value::Q(y))
+        | (Value::S(x), Value::S(y))
+        | (Value::Lambda(x), Value::Lambda(y))
+        | (Value::Map(x), Value::Map(y)) => {
+            if x == y {
+                true
+            } else {
+                return None;
+            }
+        }
+        _ => a.same(b),
+    })
 }
 
 /// Reads an object kind name for diagnostics.
