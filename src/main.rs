@@ -147,5 +147,7 @@ fn main() -> ExitCode {
         }
     };
     let _ = std::io::stdout().flush();
-    ExitCode::from(code.clamp(0, 255) as u8)
+    // The status is the code's low eight bits, as C's `exit` gives it:
+    // `(exit -1)` ends with 255, never with a success.
+    ExitCode::from(code as u8)
 }

@@ -269,6 +269,18 @@ impl<'a> Lexer<'a> {
     }
 }
 
+/// Where the text after `text` starts, in file `file`: its line and
+/// column as the reader counts them (columns in characters), for errors
+/// about what follows it.
+pub fn end_position(text: &str, file: u32) -> Span {
+    let line_start = text.rfind('\n').map_or(0, |i| i + 1);
+    Span {
+        file,
+        line: (text.bytes().filter(|&b| b == b'\n').count() + 1) as u32,
+        col: (text[line_start..].chars().count() + 1) as u32,
+    }
+}
+
 /// Reads every top-level form of `src`. `file` indexes the interpreter's
 /// file table and is recorded in every span.
 pub fn read_all(

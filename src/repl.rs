@@ -160,6 +160,9 @@ pub fn eval_entry(interp: &mut Interpreter, text: &str) -> Option<i32> {
     None
 }
 
+/// Lines in a row that are not UTF-8 the REPL skips before it stops.
+const MAX_UNDECODABLE: u32 = 1000;
+
 /// Runs the REPL until Ctrl-D or `exit`; returns the exit status.
 pub fn run(interp: &mut Interpreter) -> i32 {
     let flag = interp.vm.interrupt.clone();
@@ -187,6 +190,9 @@ pub fn run(interp: &mut Interpreter) -> i32 {
         env!("CARGO_PKG_VERSION")
     );
     let mut code = 0;
+    // Lines in a row that were not text: past a bound the input is taken
+    // to be broken rather than a user's typing, and the REPL stops.
+    let mut undecodable = 0;
     loop {
         let names = interp
             .vm
@@ -200,6 +206,7 @@ pub fn run(interp: &mut Interpreter) -> i32 {
         }));
         match editor.readline(PROMPT) {
             Ok(line) => {
+                undecodable = 0;
                 if line.trim().is_empty() {
                     continue;
                 }
@@ -214,6 +221,14 @@ pub fn run(interp: &mut Interpreter) -> i32 {
             }
             Err(ReadlineError::Interrupted) => continue,
             Err(ReadlineError::Eof) => break,
+            // Bytes that are not UTF-8: that line is skipped (read and
+            // dropped) and the session goes on.
+            Err(ReadlineError::Io(e))
+                if e.kind() == std::io::ErrorKind::InvalidData && undecodable < MAX_UNDECODABLE =>
+            {
+                undecodable += 1;
+                eprintln!("Error: the line is not valid UTF-8 text; it was skipped");
+            }
             Err(e) => {
                 eprintln!("valk: input error: {}", e);
                 code = 1;

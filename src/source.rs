@@ -44,11 +44,16 @@ impl Vm {
         let text = match String::from_utf8(bytes) {
             Ok(t) => t,
             Err(e) => {
-                return Err(self.error(format!(
-                    "cannot read `{}`: not valid UTF-8 (at byte {})",
-                    path,
-                    e.utf8_error().valid_up_to()
-                )))
+                // Pointed at like a read error: the line and column of
+                // the first byte that is not part of a character.
+                let at = e.utf8_error().valid_up_to();
+                let valid = std::str::from_utf8(&e.as_bytes()[..at]).unwrap_or_default();
+                let file = self.add_file(path);
+                let span = reader::end_position(valid, file);
+                return Err(self.error_at(
+                    format!("cannot read `{}`: not valid UTF-8 (byte {})", path, at),
+                    span,
+                ));
             }
         };
         let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.into());

@@ -138,3 +138,58 @@ fn import_looks_next_to_the_importer_then_in_valk_path() {
     assert_eq!(stdout, "()\n\"from the current directory\"\n");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_exit_status_is_the_codes_low_eight_bits() {
+    let dir = scratch("status", &[]);
+    for (expr, status) in [
+        ("(exit 3)", 3),
+        ("(exit -1)", 255),
+        ("(exit -2)", 254),
+        ("(exit 256)", 0),
+        ("(exit 257)", 1),
+        ("(shutdown -1)", 255),
+        ("(shutdown)", 0),
+    ] {
+        assert_eq!(valk(&dir, &["-e", expr]).0, status, "{}", expr);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_source_file_that_is_not_utf8_is_an_error_at_its_position() {
+    let dir = scratch("utf8", &[]);
+    std::fs::write(
+        dir.join("bad.valk"),
+        b"(print 1)\n  (print \"\xc3\xa9\xff\")\n",
+    )
+    .unwrap();
+    let (status, stdout, stderr) = valk(&dir, &["bad.valk"]);
+    assert_eq!(status, 1);
+    assert_eq!(stdout, "");
+    assert!(stderr.contains("not valid UTF-8"), "{}", stderr);
+    // Line 2, after two spaces, `(print "` and one character.
+    assert!(stderr.contains("at bad.valk:2:12"), "{}", stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_repl_skips_a_line_that_is_not_utf8_and_goes_on() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_valk"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run valk");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"(print \"a\xffb\")\n(+ 1 2)\n").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr);
+    assert!(stderr.contains("not valid UTF-8"), "{}", stderr);
+    assert!(stdout.lines().any(|l| l == "3"), "{}", stdout);
+}
