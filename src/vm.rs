@@ -348,8 +348,11 @@ pub enum Mode {
 /// Longest text a value may print as (`print`, `show`, `str`).
 pub const PRINT_LIMIT: usize = 256 << 20;
 
-/// Default limit on nested (non-tail) calls.
-pub const DEFAULT_MAX_DEPTH: usize = 1_000_000;
+/// Default limit on nested (non-tail) calls: LANGUAGE.md asks for at
+/// least 1,000,000, so that the prelude's `map` (one call per element)
+/// takes a list of a million; the rest is room for the calls around it
+/// and the function it maps.
+pub const DEFAULT_MAX_DEPTH: usize = 1_100_000;
 
 pub struct Vm {
     pub heap: Heap,
@@ -429,16 +432,22 @@ const START_BUILTINS: usize = 256;
 /// moving its arguments (see `Vm::enter_call_slow`).
 const BOUND_LEAF_FORMALS: usize = 8;
 
+/// A size in megabytes from environment variable `name`, in bytes: `None`
+/// when unset, not a whole number or 0; one too large for the address
+/// space is the largest size there is (no limit), never a wrapped one.
+fn env_megabytes(name: &str) -> Option<usize> {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .map(|n| n.saturating_mul(1 << 20))
+}
+
 impl Vm {
     /// A VM with every builtin bound but no prelude loaded.
     pub fn bare() -> Vm {
-        let threshold_mb = std::env::var("VALK_GC_THRESHOLD_MB")
-            .ok()
-            .and_then(|s| s.trim().parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or(16);
         let mut vm = Vm {
-            heap: Heap::new(threshold_mb << 20),
+            heap: Heap::new(env_megabytes("VALK_GC_THRESHOLD_MB").unwrap_or(16 << 20)),
             // Room for what every start makes (the builtins, the prelude's
             // names): growing a table by doubling copies it into new pages
             // each time, a visible part of a short program's run.
@@ -461,11 +470,7 @@ impl Vm {
             intact_forms: [false; 128],
             prims_broken: (1 << PrimOp::ALL.len()) - 1,
             fuel: 1,
-            max_heap: std::env::var("VALK_MAX_HEAP_MB")
-                .ok()
-                .and_then(|s| s.trim().parse::<usize>().ok())
-                .filter(|&n| n > 0)
-                .map(|n| n << 20),
+            max_heap: env_megabytes("VALK_MAX_HEAP_MB"),
             stack_base: stack_address(),
             stack_budget: 1 << 20,
             span: Span::NONE,

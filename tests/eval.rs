@@ -65,6 +65,20 @@ fn deep_recursion_is_an_error_not_a_crash() {
 }
 
 #[test]
+fn the_prelude_maps_a_list_of_a_million() {
+    // LANGUAGE.md: the default depth limit is at least 1,000,000 calls,
+    // as the prelude's `map` recurses once per element.
+    let n = 1_000_000;
+    for f in ["map (\\ {x} {x})", "filter (\\ {x} {1})", "take 1000000"] {
+        assert_eq!(
+            run(&format!("(len ({f} (range 0 {n})))")),
+            n.to_string(),
+            "{f}"
+        );
+    }
+}
+
+#[test]
 fn scope_closures_and_dynamic_fallback() {
     assert_eq!(run("(fun {adder x} {\\ {y} {+ x y}}) ((adder 1) 2)"), "3");
     // A Q-expression written in one function, evaluated inside another.
