@@ -114,9 +114,14 @@ builtin!(
             }
             return ret(vm.heap.string_value(&out));
         }
-        for &a in args {
+        for (i, &a) in args.iter().enumerate() {
             if !a.is_qexpr() {
-                return Err(type_error(vm, "join", "Q-expressions or Strings", a));
+                let expected = if i == 0 {
+                    "Q-expressions or Strings"
+                } else {
+                    "only Q-expressions after a Q-expression"
+                };
+                return Err(type_error(vm, "join", expected, a));
             }
         }
         let last = args[args.len() - 1];
