@@ -1634,7 +1634,10 @@ impl Vm {
     /// calls may pass before the next check.
     #[cold]
     #[inline(never)]
-    fn refuel(&mut self, span: Span) -> Result<(), Gc> {
+    /// `Error: interrupted` (which `try` does not catch) when Ctrl-C was
+    /// pressed since the last look: for builtins whose one call can run
+    /// long without calling back into the evaluator.
+    pub fn check_interrupt(&mut self, span: Span) -> Result<(), Gc> {
         if self.interrupt.load(Ordering::Relaxed) {
             self.interrupt.store(false, Ordering::Relaxed);
             self.fuel = 1;
@@ -1642,6 +1645,11 @@ impl Vm {
             self.uncatchable = Some(e);
             return Err(e);
         }
+        Ok(())
+    }
+
+    fn refuel(&mut self, span: Span) -> Result<(), Gc> {
+        self.check_interrupt(span)?;
         match self.steps_left.as_mut() {
             Some(steps) => {
                 if *steps == 0 {

@@ -161,6 +161,25 @@ fn repl_survives_errors_interrupts_and_runaway_allocation() -> Result<(), rexpec
     Ok(())
 }
 
+#[test]
+fn ctrl_c_stops_a_long_range() -> Result<(), rexpect::error::Error> {
+    let (mut p, history) = spawn_repl(Some(8000))?;
+    // One builtin call building 99,999,999 cells: seconds of work with no
+    // call back into the evaluator.
+    p.send_line("(len (range 0 99999999))")?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    p.send_control('c')?;
+    p.exp_string("Error: interrupted")?;
+    p.exp_string(PROMPT)?;
+    p.send_line("(len (range 0 10))")?;
+    p.exp_string("10")?;
+    p.exp_string(PROMPT)?;
+    p.send_control('d')?;
+    p.exp_eof()?;
+    let _ = std::fs::remove_file(&history);
+    Ok(())
+}
+
 /// A builtin that panics, as a bug inside a builtin would. Only this test
 /// binds it; ordinary programs cannot reach it.
 fn panicking_builtin(

@@ -205,6 +205,11 @@ builtin!(
         let pretenure = b - a >= PRETENURE_CELLS;
         while i > a {
             i -= 1;
+            // Ctrl-C stops a long one (the cells made are garbage).
+            if i & 0xf_ffff == 0 {
+                let span = vm.span;
+                vm.check_interrupt(span)?;
+            }
             cell = Some(if pretenure {
                 vm.heap.cons_cell_old(Value::Num(i), cell)
             } else {
