@@ -386,6 +386,11 @@ pub struct Vm {
     /// Bit `op as usize` set when the name of that `PrimOp` no longer
     /// holds its builtin (see `prim_holds`).
     prims_broken: u16,
+    /// Bit `i`: the inlined form named by symbol `i` has been bound with
+    /// `=` in a local scope. Code compiled before that binding (a body
+    /// that binds the name after its compilation) cannot see it, so from
+    /// then on the form is called like any other function everywhere.
+    shadowed_forms: u128,
     /// Calls left before the interrupt flag and the step budget are looked
     /// at again (checking them on every call costs more than the call).
     fuel: u32,
@@ -469,6 +474,7 @@ impl Vm {
             max_depth: DEFAULT_MAX_DEPTH,
             intact_forms: [false; 128],
             prims_broken: (1 << PrimOp::ALL.len()) - 1,
+            shadowed_forms: 0,
             fuel: 1,
             max_heap: env_megabytes("VALK_MAX_HEAP_MB"),
             stack_base: stack_address(),
@@ -1046,7 +1052,7 @@ impl Vm {
         let holds = match (self.global(sym), original) {
             (Some(Value::Builtin(id)), Some(o)) => id as usize == o,
             _ => false,
-        };
+        } && self.shadowed_forms & (1u128 << sym.0) == 0;
         self.intact_forms[(sym.0 & 127) as usize] = holds;
         if let Some(&(_, _, op)) = self.forms.prims.iter().find(|p| p.0 == sym) {
             let bit = 1 << op as u16;
@@ -1434,6 +1440,10 @@ impl Vm {
                         }
                     }
                     None => scope.vars.push((sym, v)),
+                }
+                if self.forms.is_inlined(sym) && self.shadowed_forms & (1u128 << sym.0) == 0 {
+                    self.shadowed_forms |= 1u128 << sym.0;
+                    self.update_intact(sym);
                 }
             }
         }
