@@ -150,20 +150,86 @@ pub struct Printer<'a> {
     pub max_len: usize,
 }
 
-/// Nesting beyond this is printed as `...`.
-const PRINT_DEPTH_LIMIT: usize = 10_000;
+/// What is left to print of a value: the printer keeps these on a list of
+/// its own rather than on the native stack, so values nested to any depth
+/// print whole (the output bound, not the depth, limits the work).
+enum Pending {
+    /// A value inside another (printed readably).
+    Value(Value),
+    Text(&'static str),
+    /// The rest of a list from `cell` on, then `close`; `first` when
+    /// nothing of it has been printed yet.
+    List {
+        cell: Option<Gc>,
+        close: char,
+        first: bool,
+    },
+    /// A map's entries from `next` on, then its `)`.
+    Entries {
+        entries: Vec<(Value, Value)>,
+        next: usize,
+    },
+}
 
 impl<'a> Printer<'a> {
     fn truncated(&self) -> bool {
         self.out.len() > self.max_len
     }
 
-    /// Writes `v`; `readable` quotes strings (the form `show` and the REPL use).
+    /// Writes `v`; `readable` quotes strings (the form `show` and the REPL
+    /// use). What `v` holds is always written readably.
     pub fn write(&mut self, v: Value, readable: bool) {
-        self.write_depth(v, readable, 0)
+        let mut pending = Vec::new();
+        self.write_one(v, readable, &mut pending);
+        while let Some(next) = pending.pop() {
+            match next {
+                Pending::Value(v) => self.write_one(v, true, &mut pending),
+                Pending::Text(text) => self.out.push_str(text),
+                Pending::List { cell, close, first } => {
+                    let Some(c) = cell else {
+                        self.out.push(close);
+                        continue;
+                    };
+                    if self.truncated() {
+                        self.out.push_str(" ...");
+                        self.out.push(close);
+                        continue;
+                    }
+                    if !first {
+                        self.out.push(' ');
+                    }
+                    let cons = self.heap.cons(c);
+                    pending.push(Pending::List {
+                        cell: cons.tail,
+                        close,
+                        first: false,
+                    });
+                    pending.push(Pending::Value(cons.head));
+                }
+                Pending::Entries { entries, next } => {
+                    let Some(&(k, v)) = entries.get(next) else {
+                        self.out.push(')');
+                        continue;
+                    };
+                    if self.truncated() {
+                        self.out.push_str(" ...)");
+                        continue;
+                    }
+                    self.out.push(' ');
+                    pending.push(Pending::Entries {
+                        entries,
+                        next: next + 1,
+                    });
+                    pending.push(Pending::Value(v));
+                    pending.push(Pending::Text(" "));
+                    pending.push(Pending::Value(k));
+                }
+            }
+        }
     }
 
-    fn write_depth(&mut self, v: Value, readable: bool, depth: usize) {
+    /// Writes `v` itself, leaving what it holds on `pending`.
+    fn write_one(&mut self, v: Value, readable: bool, pending: &mut Vec<Pending>) {
         if self.truncated() {
             return;
         }
@@ -176,8 +242,8 @@ impl<'a> Printer<'a> {
             Value::Sym(s) => self.out.push_str(self.syms.name(s)),
             Value::Nil => self.out.push_str("{}"),
             Value::Unit => self.out.push_str("()"),
-            Value::Q(g) => self.write_list(Some(g), '{', '}', depth),
-            Value::S(g) => self.write_list(Some(g), '(', ')', depth),
+            Value::Q(g) => self.open_list(g, '{', '}', pending),
+            Value::S(g) => self.open_list(g, '(', ')', pending),
             Value::Str(g) => {
                 let mut s = self.heap.string(g);
                 // Past the limit the text is cut anyway: copy no more.
@@ -207,27 +273,41 @@ impl<'a> Printer<'a> {
             Value::Lambda(g) => {
                 let lambda = self.heap.lambda(g);
                 self.out.push_str("(\\ {");
+                // The formals not bound by partial application (a rest
+                // formal's `&` always shows).
+                let mut formals = Vec::new();
                 let mut skip = lambda.bound.len();
-                let mut first = true;
                 let mut cell = lambda.proto.formals_value.list_cell();
                 while let Some(c) = cell {
                     let cons = self.heap.cons(c);
                     if skip > 0 && !matches!(cons.head, Value::Sym(s) if self.syms.name(s) == "&") {
                         skip -= 1;
                     } else {
-                        if !first {
-                            self.out.push(' ');
-                        }
-                        first = false;
-                        self.write_depth(cons.head, true, depth + 1);
+                        formals.push(cons.head);
                     }
                     cell = cons.tail;
                 }
-                self.out.push_str("} ");
-                self.write_depth(lambda.proto.body_value, true, depth + 1);
-                self.out.push(')');
+                pending.push(Pending::Text(")"));
+                pending.push(Pending::Value(lambda.proto.body_value));
+                pending.push(Pending::Text("} "));
+                for (i, formal) in formals.into_iter().enumerate().rev() {
+                    pending.push(Pending::Value(formal));
+                    if i > 0 {
+                        pending.push(Pending::Text(" "));
+                    }
+                }
             }
-            Value::Map(g) => self.write_map(g, depth),
+            Value::Map(g) => {
+                // A map prints as the call that makes it, keys in order:
+                // `(map/new "a" 1 "b" 2)`; the empty map is `(map/new {})`.
+                let entries = crate::map::sorted_entries(self.heap.map(g), self.syms);
+                self.out.push_str("(map/new");
+                if entries.is_empty() {
+                    self.out.push_str(" {})");
+                } else {
+                    pending.push(Pending::Entries { entries, next: 0 });
+                }
+            }
             Value::Ref(g) => {
                 let text = self.heap.host_ref(g).describe();
                 self.out.push_str(&text);
@@ -235,52 +315,13 @@ impl<'a> Printer<'a> {
         }
     }
 
-    /// A map prints as the call that makes it, keys in order:
-    /// `(map/new "a" 1 "b" 2)`; the empty map is `(map/new {})`.
-    fn write_map(&mut self, g: Gc, depth: usize) {
-        if depth > PRINT_DEPTH_LIMIT {
-            self.out.push_str("...");
-            return;
-        }
-        let entries = crate::map::sorted_entries(self.heap.map(g), self.syms);
-        self.out.push_str("(map/new");
-        if entries.is_empty() {
-            self.out.push_str(" {}");
-        }
-        for (k, v) in entries {
-            if self.truncated() {
-                self.out.push_str(" ...");
-                break;
-            }
-            self.out.push(' ');
-            self.write_depth(k, true, depth + 1);
-            self.out.push(' ');
-            self.write_depth(v, true, depth + 1);
-        }
-        self.out.push(')');
-    }
-
-    fn write_list(&mut self, mut cell: Option<Gc>, open: char, close: char, depth: usize) {
-        if depth > PRINT_DEPTH_LIMIT {
-            self.out.push_str("...");
-            return;
-        }
+    fn open_list(&mut self, g: Gc, open: char, close: char, pending: &mut Vec<Pending>) {
         self.out.push(open);
-        let mut first = true;
-        while let Some(c) = cell {
-            if self.truncated() {
-                self.out.push_str(" ...");
-                break;
-            }
-            if !first {
-                self.out.push(' ');
-            }
-            first = false;
-            let cons = self.heap.cons(c);
-            self.write_depth(cons.head, true, depth + 1);
-            cell = cons.tail;
-        }
-        self.out.push(close);
+        pending.push(Pending::List {
+            cell: Some(g),
+            close,
+            first: true,
+        });
     }
 }
 
