@@ -348,6 +348,12 @@ pub enum Mode {
 /// Longest text a value may print as (`print`, `show`, `str`).
 pub const PRINT_LIMIT: usize = 256 << 20;
 
+/// Set when SIGINT or SIGTERM asked a script that serves to end: its
+/// servers stop gracefully, and the main isolate's interrupt flag is raised
+/// so that a program still running ends as `(shutdown 0)` would
+/// (`Vm::signalled_exit`).
+pub static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
 /// Default limit on nested (non-tail) calls: LANGUAGE.md asks for at
 /// least 1,000,000, so that the prelude's `map` (one call per element)
 /// takes a list of a million; the rest is room for the calls around it
@@ -689,6 +695,17 @@ impl Vm {
     /// Ends the program with `code` once the current evaluation unwinds.
     pub fn request_exit(&mut self, code: i32) {
         self.exit_code = Some(code);
+    }
+
+    /// After SIGINT or SIGTERM reached a script that serves (see
+    /// `SIGNALLED`): the exit that ends the program with status 0, once
+    /// its servers have drained, in place of an interrupt.
+    pub fn signalled_exit(&mut self) -> Option<Gc> {
+        if !SIGNALLED.load(Ordering::Relaxed) || self.mode != Mode::Script {
+            return None;
+        }
+        self.request_exit(0);
+        Some(self.exit_error())
     }
 
     /// The Error that unwinds the evaluation for an exit.
@@ -1651,6 +1668,9 @@ impl Vm {
         if self.interrupt.load(Ordering::Relaxed) {
             self.interrupt.store(false, Ordering::Relaxed);
             self.fuel = 1;
+            if let Some(e) = self.signalled_exit() {
+                return Err(e);
+            }
             let e = self.error_at("interrupted", span);
             self.uncatchable = Some(e);
             return Err(e);

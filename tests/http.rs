@@ -161,6 +161,33 @@ fn shutdown_in_a_handler_ends_the_program_with_its_code() {
 }
 
 #[test]
+fn a_signal_ends_a_program_still_running_after_it_started_a_server() {
+    // The program goes on after `http2/listen`: one waits in a loop of
+    // `await`s, one computes without end. The signal stops the servers
+    // and ends the program, as `(shutdown 0)` would.
+    for (name, rest) in [
+        (
+            "awaits",
+            "(fun {tick n} {do (await (aio/sleep 50)) (tick (+ n 1))}) (tick 0)",
+        ),
+        ("spins", "(fun {spin n} {spin (+ n 1)}) (spin 0)"),
+    ] {
+        let program = format!(
+            "(def {{s}} (await (http2/listen aio \"127.0.0.1\" 0 \"\" \"\")))\n\
+             (print \"app-port\" (http2/server-port s))\n(print \"ready\")\n{rest}\n"
+        );
+        let dir = temp_dir(&format!("signal-{name}"));
+        let file = dir.join("program.valk");
+        std::fs::write(&file, program).unwrap();
+        let server = Server::start(&[file.to_str().unwrap()], &[]);
+        let port = server.port("app");
+        assert!(get(port, "/", false).starts_with("200"), "{name}");
+        let out = server.terminate();
+        assert_eq!(out.status, Some(0), "{name}\n{}", out.describe());
+    }
+}
+
+#[test]
 fn sigint_stops_gracefully_too() {
     let dir = temp_dir("sigint");
     let server = serve(&dir, None, &[]);

@@ -10,7 +10,7 @@
 //! (matched by call order) instead of binding again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, Once};
+use std::sync::{Arc, Mutex, Once};
 use std::time::Instant;
 
 use super::isolate::{self, Woke};
@@ -59,9 +59,12 @@ fn requested_exit() -> Option<i32> {
 
 /// Installs SIGINT/SIGTERM handling once a script starts a server: the
 /// first signal stops every server gracefully, a second ends the process.
-pub fn install_signal_handlers() {
+///
+/// `main_interrupt` is the main isolate's interrupt flag, raised by the first
+/// signal so that a program still running ends (`Vm::signalled_exit`).
+pub fn install_signal_handlers(main_interrupt: Arc<AtomicBool>) {
     static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
+    ONCE.call_once(move || {
         use tokio::signal::unix::{signal, SignalKind};
         let _enter = super::runtime().enter();
         let (Ok(mut interrupt), Ok(mut terminate)) = (
@@ -85,7 +88,9 @@ pub fn install_signal_handlers() {
                     super::log(format_args!(
                         "valk: stopping servers gracefully (signal again to quit at once)"
                     ));
+                    crate::vm::SIGNALLED.store(true, Ordering::Relaxed);
                     request_exit(0);
+                    main_interrupt.store(true, Ordering::Relaxed);
                 } else {
                     std::process::exit(130);
                 }

@@ -475,7 +475,12 @@ builtin!(AWAIT, "await", "(await future [timeout-ms])", "Waits until the future 
             return Err(vm.error(format!("await: timed out after {} ms", timeout_ms)))
         }
         Woke::Exit => return Err(vm.exit_error()),
-        Woke::Interrupted => return Err(vm.error("await: interrupted")),
+        Woke::Interrupted => {
+            return Err(match vm.signalled_exit() {
+                Some(exit) => exit,
+                None => vm.error("await: interrupted"),
+            })
+        }
     }
     match completion.result() {
         Some(Ok(payload)) => {
@@ -604,8 +609,8 @@ builtin!(LISTEN, "http2/listen", "(http2/listen aio host port keyfile certfile [
     if let (Some(h), Some(queue)) = (handler, queue) {
         iso.add_handler(vm, srv.clone(), queue, h);
     }
-    if vm.mode == Mode::Script {
-        aio::process::install_signal_handlers();
+    if vm.mode == Mode::Script && iso.index == 0 {
+        aio::process::install_signal_handlers(vm.interrupt.clone());
     }
     let bound = srv.bound().clone();
     ret(future_value(vm, bound))
