@@ -150,6 +150,9 @@ fn the_exit_status_is_the_codes_low_eight_bits() {
         ("(exit 257)", 1),
         ("(shutdown -1)", 255),
         ("(shutdown)", 0),
+        // Too many arguments: an Error, not an exit with the first.
+        ("(exit 5 2)", 1),
+        ("(shutdown 5 2)", 1),
     ] {
         assert_eq!(valk(&dir, &["-e", expr]).0, status, "{}", expr);
     }

@@ -306,6 +306,7 @@ builtin!(
 );
 
 fn exit_code(vm: &mut Vm, name: &str, args: &[Value]) -> Result<i32, crate::heap::Gc> {
+    arity(vm, name, args, 0, 1)?;
     match args.first() {
         None | Some(Value::Nil) => Ok(0),
         Some(Value::Num(n)) => Ok((*n).clamp(i32::MIN as i64, i32::MAX as i64) as i32),

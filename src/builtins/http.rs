@@ -643,22 +643,32 @@ builtin!(
     "A response for a handler to return: status (Number or String), headers, body String.",
     |vm, args, env| {
         arity(vm, "http2/response", args, 3, 3)?;
+        // A final response: 1xx are interim (and 101 has no place in
+        // HTTP/2), so a handler cannot answer with one.
         let status = match args[0] {
-            Value::Num(n) => n,
-            Value::Str(g) => vm.heap.string(g).trim().parse::<i64>().unwrap_or(-1),
+            Value::Num(n) => Some(n),
+            Value::Str(g) => vm.heap.string(g).trim().parse::<i64>().ok(),
             other => return Err(type_error(vm, "http2/response", "a status Number", other)),
         };
-        if !(100..=999).contains(&status) {
+        let Some(status) = status.filter(|s| (200..=999).contains(s)) else {
+            let given = vm.format(args[0], true);
             return Err(vm.error(format!(
-                "`http2/response` status must be 100-999, got {}",
-                status
+                "`http2/response` status must be 200-999, got {}",
+                given
             )));
-        }
+        };
         let headers = header_pairs(vm, "http2/response", args[1])?;
         let body = match args[2] {
             Value::Str(g) => vm.heap.string(g).to_string(),
             other => vm.format(other, false),
         };
+        if matches!(status, 204 | 304) && !body.is_empty() {
+            return Err(vm.error(format!(
+                "`http2/response` a {} response has no body, got {} bytes",
+                status,
+                body.len()
+            )));
+        }
         let data = ResponseData {
             status: StatusCode::from_u16(status as u16)
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),

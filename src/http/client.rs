@@ -167,6 +167,14 @@ pub async fn send(client: Arc<Client>, request: OutgoingRequest) -> Result<Respo
         .body(Full::new(request.body.clone()))
         .map_err(|e| format!("invalid request {}: {}", label, e))?;
     *req.headers_mut() = request.headers.clone();
+    // The body's own length, whatever a forwarded request or an added
+    // header said (`-set-body` may have changed the body since).
+    if req.headers().contains_key(hyper::header::CONTENT_LENGTH) {
+        req.headers_mut().insert(
+            hyper::header::CONTENT_LENGTH,
+            hyper::header::HeaderValue::from(request.body.len()),
+        );
+    }
     let mut sender = client.sender.clone();
     let work = async {
         sender

@@ -38,11 +38,10 @@ pub fn server_config(key_path: &str, cert_path: &str) -> Result<Arc<ServerConfig
 }
 
 /// Whether the client verifies server certificates (`VALK_TLS_VERIFY`).
+/// Only `0` turns it off (docs/SECURITY.md): a weaker setting is never
+/// inferred from some other spelling.
 pub fn verify_enabled() -> bool {
-    !matches!(
-        std::env::var("VALK_TLS_VERIFY").as_deref().map(str::trim),
-        Ok("0") | Ok("false") | Ok("no") | Ok("off")
-    )
+    std::env::var("VALK_TLS_VERIFY").as_deref() != Ok("0")
 }
 
 /// Bundles that hold the system's roots on common Unix systems; read in
