@@ -93,9 +93,36 @@ fn unverifiable_certificate_is_an_error() {
     assert_eq!(out.status, Some(0), "{}", out.describe());
     assert!(
         out.stdout.contains("TLS handshake with 127.0.0.1:")
-            && out.stdout.contains("invalid peer certificate"),
+            && out
+                .stdout
+                .contains("the server's certificate is refused: no trusted authority signed it"),
         "{}",
         out.describe()
+    );
+}
+
+#[test]
+fn key_file_errors_say_what_is_wrong() {
+    let (key, cert) = make_cert(&temp_dir("tls-key-a"));
+    let (other_key, _) = make_cert(&temp_dir("tls-key-b"));
+    let listen = |key: &str| {
+        let expr = format!(
+            "(print (try {{await (http2/listen aio \"127.0.0.1\" 0 {} {})}} (\\ {{m}} {{m}}))) (shutdown 0)",
+            quoted(key),
+            quoted(&cert)
+        );
+        valk(&["-e", &expr], &[], Duration::from_secs(30)).stdout
+    };
+    let mismatch = listen(&other_key);
+    assert!(
+        mismatch.contains("does not belong to the certificate"),
+        "{mismatch}"
+    );
+    let not_a_key = listen(&cert);
+    assert!(not_a_key.contains("no private key found in"), "{not_a_key}");
+    assert!(
+        listen(&key).contains("<http2_server"),
+        "a fitting pair serves"
     );
 }
 

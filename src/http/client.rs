@@ -86,7 +86,7 @@ pub async fn connect(
                 format!(
                     "TLS handshake with {} failed: {}",
                     target,
-                    describe_error(&e)
+                    super::tls::handshake_failure(&e)
                 )
             })?;
         if stream.get_ref().1.alpn_protocol() != Some(b"h2") {

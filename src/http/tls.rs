@@ -25,14 +25,25 @@ pub fn server_config(key_path: &str, cert_path: &str) -> Result<Arc<ServerConfig
     if certs.is_empty() {
         return Err(format!("no certificate found in {}", cert_path));
     }
-    let key = PrivateKeyDer::from_pem_file(key_path)
-        .map_err(|e| format!("cannot read private key file {}: {}", key_path, e))?;
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => format!(
+            "no private key found in {} (an unencrypted PEM key: PKCS#8, PKCS#1 or SEC1)",
+            key_path
+        ),
+        e => format!("cannot read private key file {}: {}", key_path, e),
+    })?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup failed: {}", e))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("TLS key and certificate do not fit: {}", e))?;
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => format!(
+                "the private key in {} does not belong to the certificate in {}",
+                key_path, cert_path
+            ),
+            e => format!("TLS key and certificate do not fit: {}", e),
+        })?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))
 }
@@ -149,5 +160,43 @@ impl ServerCertVerifier for NoVerification {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Why a TLS handshake failed, in words: rustls's own text shows some
+/// causes in Rust's debug notation (`UnknownIssuer`, `DnsName(..)`).
+pub fn handshake_failure(err: &std::io::Error) -> String {
+    use rustls::{AlertDescription, CertificateError, Error};
+    let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<Error>()) else {
+        return super::describe_error(err);
+    };
+    let certificate = |why: &str| format!("the server's certificate is refused: {}", why);
+    match tls {
+        Error::InvalidCertificate(c) => match c {
+            CertificateError::UnknownIssuer => {
+                certificate("no trusted authority signed it (SSL_CERT_FILE can name more)")
+            }
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                certificate("it is not valid for this host name")
+            }
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                certificate("it has expired")
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                certificate("it is not valid yet")
+            }
+            CertificateError::Revoked => certificate("it has been revoked"),
+            CertificateError::BadSignature => certificate("its signature does not verify"),
+            CertificateError::BadEncoding => certificate("it cannot be parsed"),
+            CertificateError::Other(other) if other.to_string().contains("CaUsedAsEndEntity") => {
+                certificate("it is an authority's certificate, not a server's")
+            }
+            other => certificate(&other.to_string()),
+        },
+        Error::InvalidMessage(_) => "the peer does not speak TLS (an h2c server?)".to_string(),
+        Error::AlertReceived(AlertDescription::NoApplicationProtocol) => {
+            "the server does not offer HTTP/2 (ALPN h2)".to_string()
+        }
+        other => other.to_string(),
     }
 }
