@@ -102,6 +102,47 @@ fn unverifiable_certificate_is_an_error() {
 }
 
 #[test]
+fn a_burst_past_the_servers_stream_limit_is_sent_again_not_failed() {
+    // Fifty requests at once, before the server's SETTINGS (4 streams)
+    // reached the client: the streams it refuses are sent again.
+    let expr = "(def {s} (await (http2/listen aio \"127.0.0.1\" 0 \"\" \"\"))) \
+        (def {c} (await (http2/connect aio \"127.0.0.1\" (http2/server-port s) \"\" \"h2c\"))) \
+        (print (len (await (aio/all (map (\\ {i} {http2/send (http2/request \"GET\" \"http\" \"\" \"/\") c}) (range 0 50)))))) \
+        (shutdown 0)";
+    for _ in 0..3 {
+        let out = valk(
+            &["-e", expr],
+            &[("VALK_HTTP_MAX_STREAMS", "4")],
+            Duration::from_secs(30),
+        );
+        assert_eq!(out.status, Some(0), "{}", out.describe());
+        assert_eq!(out.stdout.trim(), "50", "{}", out.describe());
+    }
+}
+
+#[test]
+fn a_missing_ssl_cert_file_is_a_warning() {
+    let (key, cert) = make_cert(&temp_dir("tls-missing-bundle"));
+    let expr = format!(
+        "(def {{s}} (await (http2/listen aio \"127.0.0.1\" 0 {} {}))) (try {{await (http2/connect aio \"127.0.0.1\" (http2/server-port s))}} (\\ {{m}} {{m}})) (shutdown 0)",
+        quoted(&key),
+        quoted(&cert)
+    );
+    let out = valk(
+        &["-e", &expr],
+        &[("SSL_CERT_FILE", "/nonexistent/bundle.pem")],
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.stderr
+            .contains("warning: trusted certificates not loaded")
+            && out.stderr.contains("/nonexistent/bundle.pem"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
 fn key_file_errors_say_what_is_wrong() {
     let (key, cert) = make_cert(&temp_dir("tls-key-a"));
     let (other_key, _) = make_cert(&temp_dir("tls-key-b"));

@@ -141,6 +141,21 @@ where
     })
 }
 
+/// Times a request refused by the server (REFUSED_STREAM) is sent again.
+const REFUSED_RETRIES: u32 = 3;
+
+/// Whether the server refused the request's stream unprocessed.
+fn refused(err: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = cause.source();
+    }
+    false
+}
+
 /// Sends one request and reads the whole response.
 pub async fn send(client: Arc<Client>, request: OutgoingRequest) -> Result<ResponseData, String> {
     let limits = Limits::get();
@@ -160,31 +175,46 @@ pub async fn send(client: Arc<Client>, request: OutgoingRequest) -> Result<Respo
         request.path.clone()
     };
     let label = format!("{} {}://{}{}", request.method, scheme, authority, path);
-    let mut req = Request::builder()
-        .method(request.method.clone())
-        .version(Version::HTTP_2)
-        .uri(format!("{}://{}{}", scheme, authority, path))
-        .body(Full::new(request.body.clone()))
-        .map_err(|e| format!("invalid request {}: {}", label, e))?;
-    *req.headers_mut() = request.headers.clone();
-    // The body's own length, whatever a forwarded request or an added
-    // header said (`-set-body` may have changed the body since).
-    if req.headers().contains_key(hyper::header::CONTENT_LENGTH) {
-        req.headers_mut().insert(
-            hyper::header::CONTENT_LENGTH,
-            hyper::header::HeaderValue::from(request.body.len()),
-        );
-    }
+    let uri = format!("{}://{}{}", scheme, authority, path);
+    let build = || {
+        let mut req = Request::builder()
+            .method(request.method.clone())
+            .version(Version::HTTP_2)
+            .uri(&uri)
+            .body(Full::new(request.body.clone()))
+            .map_err(|e| format!("invalid request {}: {}", label, e))?;
+        *req.headers_mut() = request.headers.clone();
+        // The body's own length, whatever a forwarded request or an added
+        // header said (`-set-body` may have changed the body since).
+        if req.headers().contains_key(hyper::header::CONTENT_LENGTH) {
+            req.headers_mut().insert(
+                hyper::header::CONTENT_LENGTH,
+                hyper::header::HeaderValue::from(request.body.len()),
+            );
+        }
+        Ok::<_, String>(req)
+    };
+    let mut req = build()?;
     let mut sender = client.sender.clone();
     let work = async {
-        sender
-            .ready()
-            .await
-            .map_err(|e| client.failure(&label, &e))?;
-        let response = sender
-            .send_request(req)
-            .await
-            .map_err(|e| client.failure(&label, &e))?;
+        // A stream the server refused was not processed (RFC 9113 §8.7):
+        // it is sent again, as when a burst outran the server's stream
+        // limit before its SETTINGS arrived.
+        let mut refusals = 0;
+        let response = loop {
+            sender
+                .ready()
+                .await
+                .map_err(|e| client.failure(&label, &e))?;
+            match sender.send_request(req).await {
+                Ok(response) => break response,
+                Err(e) if refusals < REFUSED_RETRIES && refused(&e) => {
+                    refusals += 1;
+                    req = build()?;
+                }
+                Err(e) => return Err(client.failure(&label, &e)),
+            }
+        };
         let (parts, body) = response.into_parts();
         let body = match Limited::new(body, limits.max_body).collect().await {
             Ok(c) => c.to_bytes(),

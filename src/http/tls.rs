@@ -67,6 +67,15 @@ const SYSTEM_BUNDLES: &[&str] = &[
 fn trusted_roots() -> RootCertStore {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
+    // Such as an `SSL_CERT_FILE` that is missing or holds no certificate:
+    // said once (the configuration is made once), not left to surface as
+    // an unknown issuer.
+    for error in &native.errors {
+        crate::aio::log(format_args!(
+            "valk: warning: trusted certificates not loaded: {}",
+            error
+        ));
+    }
     roots.add_parsable_certificates(native.certs);
     if std::env::var_os("SSL_CERT_FILE").is_some() {
         if let Some(bundle) = SYSTEM_BUNDLES
