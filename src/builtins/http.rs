@@ -18,7 +18,7 @@ use crate::aio::{self, Completion, Payload};
 use crate::heap::{Gc, HostObject, Object};
 use crate::http::client::{self, Client};
 use crate::http::server::{self, Server, Transport};
-use crate::http::{Exchange, IncomingRequest, OutgoingRequest, ResponseData};
+use crate::http::{shown, Exchange, IncomingRequest, OutgoingRequest, ResponseData};
 use crate::value::Value;
 use crate::vm::{Mode, Vm};
 use hyper::header::{HeaderName, HeaderValue};
@@ -385,7 +385,7 @@ fn header(
         HeaderValue::from_str(value),
     ) {
         (Ok(k), Ok(v)) => Ok((k, v)),
-        _ => Err(vm.error(format!("`{}`: invalid header {:?}", name, key))),
+        _ => Err(vm.error(format!("`{}`: invalid header {}", name, shown(key)))),
     }
 }
 
@@ -845,8 +845,8 @@ builtin!(CONNECT, "http2/connect", "(http2/connect aio host port [sni-name [tran
             "h2c" | "http" => false,
             other => {
                 return Err(vm.error(format!(
-                    "`http2/connect` transport must be \"tls\" or \"h2c\", got {:?}",
-                    other
+                    "`http2/connect` transport must be \"tls\" or \"h2c\", got {}",
+                    shown(other)
                 )))
             }
         },
@@ -865,7 +865,7 @@ builtin!(REQUEST, "http2/request", "(http2/request method scheme authority path)
     let authority = string(vm, "http2/request", args[2])?;
     let path = string(vm, "http2/request", args[3])?;
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
-        return Err(vm.error(format!("`http2/request`: invalid method {:?}", method)));
+        return Err(vm.error(format!("`http2/request`: invalid method {}", shown(&method))));
     };
     let data = OutgoingRequest {
         method,

@@ -174,7 +174,16 @@ pub async fn send(client: Arc<Client>, request: OutgoingRequest) -> Result<Respo
     } else {
         request.path.clone()
     };
-    let label = format!("{} {}://{}{}", request.method, scheme, authority, path);
+    // What errors name the request by: its path cut short, as it may be
+    // long (the request sends it whole).
+    let label = {
+        let shown: String = path.chars().take(200).collect();
+        let cut = if shown.len() < path.len() { "..." } else { "" };
+        format!(
+            "{} {}://{}{}{}",
+            request.method, scheme, authority, shown, cut
+        )
+    };
     let uri = format!("{}://{}{}", scheme, authority, path);
     let build = || {
         let mut req = Request::builder()

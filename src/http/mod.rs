@@ -259,6 +259,18 @@ impl Drop for Replier {
 }
 
 /// An error and its chain of causes on one line.
+/// `text` quoted for an error message, cut to a readable length (a bad
+/// header name or path may be 100 KB).
+pub fn shown(text: &str) -> String {
+    const KEEP: usize = 60;
+    if text.chars().count() > KEEP {
+        let cut: String = text.chars().take(KEEP - 3).collect();
+        format!("{:?}...", cut)
+    } else {
+        format!("{:?}", text)
+    }
+}
+
 pub fn describe_error(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();

@@ -474,8 +474,9 @@ fn connection_specific(name: &HeaderName) -> bool {
 /// Checks a header a handler or a client request wants to send.
 pub fn check_header(name: &str, value: &str) -> Result<(), String> {
     let parsed = HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| format!("invalid header name {:?}", name))?;
-    HeaderValue::from_str(value).map_err(|_| format!("invalid value for header {}", name))?;
+        .map_err(|_| format!("invalid header name {}", super::shown(name)))?;
+    HeaderValue::from_str(value)
+        .map_err(|_| format!("invalid value for header {}", super::shown(name)))?;
     if connection_specific(&parsed) {
         return Err(format!("header {} is not allowed in HTTP/2", name));
     }
