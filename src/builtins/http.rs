@@ -867,6 +867,18 @@ builtin!(REQUEST, "http2/request", "(http2/request method scheme authority path)
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return Err(vm.error(format!("`http2/request`: invalid method {}", shown(&method))));
     };
+    if !matches!(scheme.as_str(), "http" | "https" | "") {
+        return Err(vm.error(format!(
+            "`http2/request`: scheme must be \"http\", \"https\" or \"\" (the connection's), got {}",
+            shown(&scheme)
+        )));
+    }
+    if !(path.is_empty() || path.starts_with('/')) {
+        return Err(vm.error(format!(
+            "`http2/request`: path must start with /, got {}",
+            shown(&path)
+        )));
+    }
     let data = OutgoingRequest {
         method,
         scheme,
