@@ -424,6 +424,75 @@ pub struct Vm {
     pub start: Instant,
     /// State of the standard library: builtin families, modules, docs.
     pub library: crate::builtins::Library,
+    /// Evaluations that are not running: handlers suspended at `await`,
+    /// and the evaluation a running handler interrupted (a root each).
+    parked: Vec<Exec>,
+    /// Slots of `parked` free for reuse.
+    free_parked: Vec<usize>,
+}
+
+/// The state of one evaluation in progress, apart from the VM it runs on:
+/// its value and frame stacks, its depth and native stack, where its
+/// current builtin was called. An isolate runs each HTTP handler as an
+/// evaluation of its own, on a native stack of its own, so a handler that
+/// waits at `await` is set aside whole while others run (aio/isolate.rs).
+#[derive(Default)]
+struct Exec {
+    stack: Vec<Value>,
+    calls: Vec<Frame>,
+    frames: Vec<Gc>,
+    proto_roots: Vec<Rc<Proto>>,
+    env_roots: Vec<Gc>,
+    depth: usize,
+    stack_base: usize,
+    stack_budget: usize,
+    span: Span,
+    uncatchable: Option<Gc>,
+}
+
+/// Marks what one evaluation holds: its value stack, scopes, the scopes
+/// and constants of its frames and the constants of code it runs.
+fn mark_evaluation(
+    heap: &mut Heap,
+    stack: &[Value],
+    calls: &[Frame],
+    frames: &[Gc],
+    env_roots: &[Gc],
+    proto_roots: &[Rc<Proto>],
+) {
+    for &v in stack {
+        heap.mark_value(v);
+    }
+    for &g in frames.iter().chain(env_roots) {
+        heap.mark(g);
+    }
+    for frame in calls {
+        for g in [frame.env, frame.lambda_env].into_iter().flatten() {
+            heap.mark(g);
+        }
+        if let CallerIs::Env(Some(g)) = frame.caller.get() {
+            heap.mark(g);
+        }
+        // The lambda whose code a frame runs without holding it is
+        // marked as the value at its base.
+        for v in frame.code.iter().flat_map(|code| code.constants.iter()) {
+            heap.mark_value(*v);
+        }
+    }
+    for p in proto_roots {
+        for v in p.constants.iter() {
+            // Marking through the heap directly: protos are not objects.
+            match *v {
+                Value::Q(g)
+                | Value::S(g)
+                | Value::Str(g)
+                | Value::Lambda(g)
+                | Value::Map(g)
+                | Value::Ref(g) => heap.mark(g),
+                _ => {}
+            }
+        }
+    }
 }
 
 #[inline(always)]
@@ -495,6 +564,8 @@ impl Vm {
             uncatchable: None,
             start: Instant::now(),
             library: Default::default(),
+            parked: Vec::new(),
+            free_parked: Vec::new(),
         };
         crate::builtins::register_all(&mut vm);
         let form = |vm: &mut Vm, name: &str| {
@@ -572,6 +643,76 @@ impl Vm {
         self.env_roots.clear();
         self.depth = 0;
         self.uncatchable = None;
+    }
+
+    // ---- evaluations set aside -----------------------------------------
+
+    /// A slot for a new evaluation, which starts empty when switched to.
+    pub fn new_evaluation(&mut self) -> usize {
+        match self.free_parked.pop() {
+            Some(slot) => slot,
+            None => {
+                self.parked.push(Exec::default());
+                self.parked.len() - 1
+            }
+        }
+    }
+
+    /// Swaps the running evaluation with the one parked in `slot`: the
+    /// first call runs the parked one, a second call with the same slot
+    /// switches back. Whichever is parked stays a root.
+    pub fn switch_evaluation(&mut self, slot: usize) {
+        let e = &mut self.parked[slot];
+        std::mem::swap(&mut self.stack, &mut e.stack);
+        std::mem::swap(&mut self.calls, &mut e.calls);
+        std::mem::swap(&mut self.frames, &mut e.frames);
+        std::mem::swap(&mut self.proto_roots, &mut e.proto_roots);
+        std::mem::swap(&mut self.env_roots, &mut e.env_roots);
+        std::mem::swap(&mut self.depth, &mut e.depth);
+        std::mem::swap(&mut self.stack_base, &mut e.stack_base);
+        std::mem::swap(&mut self.stack_budget, &mut e.stack_budget);
+        std::mem::swap(&mut self.span, &mut e.span);
+        std::mem::swap(&mut self.uncatchable, &mut e.uncatchable);
+    }
+
+    /// Whether nothing is being evaluated: the program ran to its end and
+    /// the VM only serves. A handler may then run on the VM's own stacks
+    /// (see `thread_state`), and be moved to a slot only if it suspends.
+    pub fn is_idle(&self) -> bool {
+        self.stack.is_empty()
+            && self.calls.is_empty()
+            && self.frames.is_empty()
+            && self.env_roots.is_empty()
+            && self.proto_roots.is_empty()
+            && self.uncatchable.is_none()
+    }
+
+    /// What an idle VM's evaluation has beyond its empty stacks: its
+    /// native stack and the call site of its last builtin. Restored with
+    /// `set_thread_state` after a handler ran on the idle VM's stacks.
+    pub fn thread_state(&self) -> (usize, usize, Span) {
+        (self.stack_base, self.stack_budget, self.span)
+    }
+
+    pub fn set_thread_state(&mut self, (base, budget, span): (usize, usize, Span)) {
+        self.stack_base = base;
+        self.stack_budget = budget;
+        self.span = span;
+    }
+
+    /// Frees the slot of an evaluation that has ended (it is parked, not
+    /// running). Its stacks keep their capacity for the next one.
+    pub fn end_evaluation(&mut self, slot: usize) {
+        let e = &mut self.parked[slot];
+        e.stack.clear();
+        e.calls.clear();
+        e.frames.clear();
+        e.proto_roots.clear();
+        e.env_roots.clear();
+        e.depth = 0;
+        e.span = Span::NONE;
+        e.uncatchable = None;
+        self.free_parked.push(slot);
     }
 
     // ---- registration and globals --------------------------------------
@@ -767,52 +908,34 @@ impl Vm {
         self.heap.finish_collection(started);
     }
 
-    /// Marks every root: globals, the value stack, pinned values, frames,
-    /// scopes being run in and the constants of code being run.
+    /// Marks every root: globals, pinned values, and the stacks, frames,
+    /// scopes and code of the running evaluation and of every parked one.
     fn mark_roots(&mut self) {
         for i in 0..self.globals.len() {
             if let Some(v) = self.globals[i] {
                 self.heap.mark_value(v);
             }
         }
-        for i in 0..self.stack.len() {
-            self.heap.mark_value(self.stack[i]);
-        }
         for i in 0..self.pinned.len() {
             self.heap.mark_value(self.pinned[i]);
         }
-        for i in 0..self.frames.len() {
-            self.heap.mark(self.frames[i]);
-        }
-        for i in 0..self.env_roots.len() {
-            self.heap.mark(self.env_roots[i]);
-        }
-        for frame in self.calls.iter() {
-            for g in [frame.env, frame.lambda_env].into_iter().flatten() {
-                self.heap.mark(g);
-            }
-            if let CallerIs::Env(Some(g)) = frame.caller.get() {
-                self.heap.mark(g);
-            }
-            // The lambda whose code a frame runs without holding it is
-            // marked as the value at its base.
-            for v in frame.code.iter().flat_map(|code| code.constants.iter()) {
-                self.heap.mark_value(*v);
-            }
-        }
-        for p in self.proto_roots.iter() {
-            for v in p.constants.iter() {
-                // Marking through the heap directly: protos are not objects.
-                match *v {
-                    Value::Q(g)
-                    | Value::S(g)
-                    | Value::Str(g)
-                    | Value::Lambda(g)
-                    | Value::Map(g)
-                    | Value::Ref(g) => self.heap.mark(g),
-                    _ => {}
-                }
-            }
+        mark_evaluation(
+            &mut self.heap,
+            &self.stack,
+            &self.calls,
+            &self.frames,
+            &self.env_roots,
+            &self.proto_roots,
+        );
+        for e in self.parked.iter() {
+            mark_evaluation(
+                &mut self.heap,
+                &e.stack,
+                &e.calls,
+                &e.frames,
+                &e.env_roots,
+                &e.proto_roots,
+            );
         }
     }
 
@@ -966,6 +1089,12 @@ impl Vm {
 
     /// Runs compiled code to completion (tail calls included).
     pub fn run_proto(&mut self, proto: Rc<Proto>, env: Env) -> Result<Value, Gc> {
+        // Builtins that run code (`try`, `eval`, `load`) nest the op loop
+        // on the native stack without a call through `apply`.
+        if self.stack_exhausted() {
+            let limit = self.max_depth;
+            return Err(self.error(format!("stack depth exceeded (limit {})", limit)));
+        }
         let base = self.stack.len();
         self.calls.push(Frame {
             code_at: Rc::as_ptr(&proto),

@@ -169,29 +169,38 @@ fn key_file_errors_say_what_is_wrong() {
 
 #[test]
 fn server_keeps_running_until_sigterm_and_finishes_in_flight_requests() {
-    let dir = temp_dir("graceful");
-    let server = serve(&dir, None, &[]);
-    let port = server.port("app");
-    assert_eq!(get(port, "/", false), "200 hello from valk");
-    // A slow request (400 ms) in flight when the signal arrives.
-    let expr = format!(
-        "(print (http2/response-body (await (http2/send (http2/request \"GET\" \"http\" \"\" \"/slow\") (await (http2/connect aio \"127.0.0.1\" {} \"\" \"h2c\"))))))",
-        port
-    );
-    let client = std::thread::spawn(move || valk(&["-e", &expr], &[], Duration::from_secs(20)));
-    std::thread::sleep(Duration::from_millis(150));
-    let out = server.terminate();
-    assert_eq!(out.status, Some(0), "graceful exit\n{}", out.describe());
-    let answered = client.join().unwrap();
-    assert!(
-        answered.stdout.contains("slow done"),
-        "the in-flight request finished\n{}",
-        answered.describe()
-    );
-    assert!(
-        get(port, "/", false).starts_with("error:"),
-        "no longer listening"
-    );
+    // With one isolate the waiting handler is on the isolate the signal
+    // interrupts; with the default, on whichever took the connection.
+    for isolates in ["1", "0"] {
+        let dir = temp_dir("graceful");
+        let envs: &[(&str, &str)] = if isolates == "1" {
+            &[("VALK_ISOLATES", "1")]
+        } else {
+            &[]
+        };
+        let server = serve(&dir, None, envs);
+        let port = server.port("app");
+        assert_eq!(get(port, "/", false), "200 hello from valk");
+        // A slow request (400 ms) in flight when the signal arrives.
+        let expr = format!(
+            "(print (http2/response-body (await (http2/send (http2/request \"GET\" \"http\" \"\" \"/slow\") (await (http2/connect aio \"127.0.0.1\" {} \"\" \"h2c\"))))))",
+            port
+        );
+        let client = std::thread::spawn(move || valk(&["-e", &expr], &[], Duration::from_secs(20)));
+        std::thread::sleep(Duration::from_millis(150));
+        let out = server.terminate();
+        assert_eq!(out.status, Some(0), "graceful exit\n{}", out.describe());
+        let answered = client.join().unwrap();
+        assert!(
+            answered.stdout.contains("slow done"),
+            "the in-flight request finished (isolates {isolates})\n{}",
+            answered.describe()
+        );
+        assert!(
+            get(port, "/", false).starts_with("error:"),
+            "no longer listening"
+        );
+    }
 }
 
 #[test]
@@ -253,6 +262,39 @@ fn a_signal_ends_a_program_still_running_after_it_started_a_server() {
         let out = server.terminate();
         assert_eq!(out.status, Some(0), "{name}\n{}", out.describe());
     }
+}
+
+#[test]
+fn a_handler_waiting_at_await_does_not_hold_up_one_that_started_before_it() {
+    // One isolate, whose program has ended: it only serves. /quick waits
+    // 100 ms, /slow 400 ms; /slow is sent while /quick waits. Each is
+    // answered when its own wait is over: /quick while /slow still waits
+    // (a handler run inside the wait of another would finish first, and
+    // hold the other's answer back until then).
+    let dir = temp_dir("await-order");
+    let server = serve(&dir, None, &[("VALK_ISOLATES", "1")]);
+    let port = server.port("app");
+    let client = format!(
+        "(def {{c}} (await (http2/connect aio \"127.0.0.1\" {port} \"\" \"h2c\")))\n\
+         (fun {{send path}} {{http2/send (http2/request \"GET\" \"http\" \"\" path) c}})\n\
+         (def {{quick}} (send \"/quick\"))\n\
+         (await (aio/sleep 30))\n\
+         (def {{slow}} (send \"/slow\"))\n\
+         (print \"quick:\" (http2/response-body (await quick)) (show slow))\n\
+         (print \"then:\" (http2/response-body (await slow)))\n\
+         (def {{many}} (map (\\ {{i}} {{send \"/hold\"}}) (range 0 100)))\n\
+         (print \"held:\" (len (filter (\\ {{r}} {{== (http2/response-body r) \"1000 999\"}}) (await (aio/all many) 5000))))\n"
+    );
+    let out = valk(&["-e", &client], &[], Duration::from_secs(30));
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+    assert_eq!(
+        out.stdout,
+        "quick: quick done <future pending>\nthen: slow done\nheld: 100\n()\n",
+        "{}",
+        out.describe()
+    );
+    let out = server.terminate();
+    assert_eq!(out.status, Some(0), "{}", out.describe());
 }
 
 #[test]

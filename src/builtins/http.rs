@@ -466,9 +466,7 @@ builtin!(AWAIT, "await", "(await future [timeout-ms])", "Waits until the future 
     }
     let completion = future.completion.clone();
     let deadline = Instant::now().checked_add(Duration::from_millis(timeout_ms as u64));
-    let woke = isolate::wait_until(vm, deadline, true, &mut |waker| {
-        completion.poll_result(waker).is_some()
-    });
+    let woke = isolate::wait_for(vm, &completion, deadline);
     match woke {
         Woke::Done => {}
         Woke::TimedOut => {
