@@ -511,12 +511,18 @@ builtin!(
     SLEEP,
     "aio/sleep",
     "(aio/sleep ms)",
-    "A future that settles with () after ms milliseconds.",
+    "A future that settles with () after ms milliseconds (0 or more).",
     |vm, args, env| {
         arity(vm, "aio/sleep", args, 1, 1)?;
         aio_ready(vm, "aio/sleep")?;
         let ms = number(vm, "aio/sleep", args[0])?;
-        let completion = aio::sleep(ms.max(0) as u64);
+        if ms < 0 {
+            return Err(vm.error(format!(
+                "`aio/sleep` duration must not be negative, got {}",
+                ms
+            )));
+        }
+        let completion = aio::sleep(ms as u64);
         ret(future_value(vm, completion))
     }
 );

@@ -5,6 +5,7 @@
 //! back as an error message; nothing waits without a deadline.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -14,6 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio_rustls::TlsConnector;
 
 use super::{describe_error, tls, Limits, OutgoingRequest, ResponseData};
@@ -24,8 +26,11 @@ pub struct Client {
     /// `host:port` as connected to; the default `:authority`.
     pub target: String,
     pub tls: bool,
-    /// Why the connection ended, once it has.
-    ended: Arc<Mutex<Option<String>>>,
+    /// Why the connection ended, once it has, and whether it was the
+    /// peer's bytes that this side found malformed (`garbled_by_peer`).
+    ended: Arc<Mutex<Option<(String, bool)>>>,
+    /// Told when `ended` is set.
+    ending: Arc<Notify>,
 }
 
 impl Client {
@@ -34,21 +39,70 @@ impl Client {
     }
 
     /// Why the connection ended, if it has.
-    fn end_reason(&self) -> Option<String> {
+    fn end_reason(&self) -> Option<(String, bool)> {
         self.ended.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Describes a failed request, with the connection's end if known.
-    fn failure(&self, label: &str, err: &hyper::Error) -> String {
+    /// Describes a failed request, with the connection's end if known. A
+    /// request that failed with its connection (not a reset stream) may
+    /// see the error before the connection's task has said why it ended:
+    /// that is waited for, briefly, as it tells more.
+    async fn failure(&self, label: &str, err: &hyper::Error) -> String {
+        if self.end_reason().is_none() && !stream_reset(err) {
+            let told = self.ending.notified();
+            tokio::pin!(told);
+            told.as_mut().enable();
+            if self.end_reason().is_none() {
+                let _ = tokio::time::timeout(END_REASON_WAIT, told).await;
+            }
+        }
         let mut text = format!("{} failed: {}", label, describe_error(err));
-        if let Some(reason) = self.end_reason() {
+        let mut garbled = garbled_by_peer(err);
+        if let Some((reason, peer_garbled)) = self.end_reason() {
             text.push_str(&format!(
                 " (connection to {} ended: {})",
                 self.target, reason
             ));
+            garbled |= peer_garbled;
+        }
+        if !self.tls && garbled {
+            text.push_str(" — the peer does not speak HTTP/2 in the clear (a TLS server? connect without \"h2c\")");
         }
         text
     }
+}
+
+/// How long a failed request waits for its connection's reason to end.
+const END_REASON_WAIT: Duration = Duration::from_millis(100);
+
+/// Whether `err` is a stream reset (the connection goes on).
+fn stream_reset(err: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.is_reset();
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Whether `err` is this side finding the peer's bytes malformed (a frame
+/// too large, a broken frame): what a cleartext client reads from a TLS
+/// server, whose answer to the HTTP/2 preface is a TLS alert.
+fn garbled_by_peer(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return !h2.is_remote()
+                && matches!(
+                    h2.reason(),
+                    Some(h2::Reason::FRAME_SIZE_ERROR | h2::Reason::PROTOCOL_ERROR)
+                );
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Connects to `host:port`. With `tls`, the certificate must be valid for
@@ -126,18 +180,22 @@ where
         })?;
     let ended = Arc::new(Mutex::new(None));
     let reason = ended.clone();
+    let ending = Arc::new(Notify::new());
+    let tell = ending.clone();
     tokio::spawn(async move {
         let why = match connection.await {
-            Ok(()) => "closed by the server".to_string(),
-            Err(e) => describe_error(&e),
+            Ok(()) => ("closed by the server".to_string(), false),
+            Err(e) => (describe_error(&e), garbled_by_peer(&e)),
         };
         *reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        tell.notify_waiters();
     });
     Ok(Client {
         sender,
         target: target.to_string(),
         tls,
         ended,
+        ending,
     })
 }
 
@@ -211,17 +269,17 @@ pub async fn send(client: Arc<Client>, request: OutgoingRequest) -> Result<Respo
         // limit before its SETTINGS arrived.
         let mut refusals = 0;
         let response = loop {
-            sender
-                .ready()
-                .await
-                .map_err(|e| client.failure(&label, &e))?;
+            match sender.ready().await {
+                Ok(()) => {}
+                Err(e) => return Err(client.failure(&label, &e).await),
+            }
             match sender.send_request(req).await {
                 Ok(response) => break response,
                 Err(e) if refusals < REFUSED_RETRIES && refused(&e) => {
                     refusals += 1;
                     req = build()?;
                 }
-                Err(e) => return Err(client.failure(&label, &e)),
+                Err(e) => return Err(client.failure(&label, &e).await),
             }
         };
         let (parts, body) = response.into_parts();
