@@ -390,6 +390,15 @@ fn header(
 }
 
 /// Header pairs from `{{name value} …}`; values may be any printable value.
+/// A header list's size as SETTINGS_MAX_HEADER_LIST_SIZE counts it
+/// (RFC 9113 §6.5.2): each field's name and value, plus 32.
+fn header_list_size(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum()
+}
+
 fn header_pairs(vm: &mut Vm, name: &str, list: Value) -> Result<HeaderMap, Gc> {
     if !list.is_qexpr() {
         return Err(type_error(vm, name, "headers as {{name value} …}", list));
@@ -662,6 +671,16 @@ builtin!(
             )));
         };
         let headers = header_pairs(vm, "http2/response", args[1])?;
+        // Peers refuse a larger list (as this server does), most of them
+        // by ending the whole connection: refused here, it is one 500.
+        let size = header_list_size(&headers);
+        let limit = crate::http::Limits::get().max_header_list as usize;
+        if size > limit {
+            return Err(vm.error(format!(
+                "`http2/response` header list of {} bytes exceeds the limit of {} bytes (VALK_HTTP_MAX_HEADER_LIST)",
+                size, limit
+            )));
+        }
         let body = match args[2] {
             Value::Str(g) => vm.heap.string(g).to_string(),
             other => vm.format(other, false),

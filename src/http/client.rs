@@ -87,18 +87,16 @@ fn stream_reset(err: &hyper::Error) -> bool {
     false
 }
 
-/// Whether `err` is this side finding the peer's bytes malformed (a frame
-/// too large, a broken frame): what a cleartext client reads from a TLS
-/// server, whose answer to the HTTP/2 preface is a TLS alert.
+/// Whether `err` is this side ending the connection over a frame too
+/// large to be one: what a cleartext client reads from a TLS server, whose
+/// answer to the HTTP/2 preface is a TLS alert.
 fn garbled_by_peer(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
         if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return !h2.is_remote()
-                && matches!(
-                    h2.reason(),
-                    Some(h2::Reason::FRAME_SIZE_ERROR | h2::Reason::PROTOCOL_ERROR)
-                );
+            return h2.is_go_away()
+                && !h2.is_remote()
+                && h2.reason() == Some(h2::Reason::FRAME_SIZE_ERROR);
         }
         source = e.source();
     }
