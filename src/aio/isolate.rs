@@ -60,8 +60,12 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Reserved, not committed: only the pages a handler touches use memory.
 const HANDLER_STACK: usize = 1 << 30;
 
-/// Stacks of finished handlers kept for the next ones.
-const STACK_POOL: usize = 64;
+/// Stacks of finished handlers kept for the next ones: as many as were
+/// ever in use at once, up to the most handlers that can wait. Making and
+/// unmapping a stack per request (mmap, mprotect, munmap and the TLB
+/// shootdowns of the unmap, under the process's memory-map lock shared by
+/// every isolate) cost more than the handlers themselves under load.
+const STACK_POOL: usize = MAX_SUSPENDED + 1;
 
 /// Handlers one isolate keeps suspended at `await`; while this many wait,
 /// new requests stay queued (and past the queue limit get 503).
