@@ -389,7 +389,6 @@ fn header(
     }
 }
 
-/// Header pairs from `{{name value} …}`; values may be any printable value.
 /// A header list's size as SETTINGS_MAX_HEADER_LIST_SIZE counts it
 /// (RFC 9113 §6.5.2): each field's name and value, plus 32.
 fn header_list_size(headers: &HeaderMap) -> usize {
@@ -399,6 +398,7 @@ fn header_list_size(headers: &HeaderMap) -> usize {
         .sum()
 }
 
+/// Header pairs from `{{name value} …}`; values may be any printable value.
 fn header_pairs(vm: &mut Vm, name: &str, list: Value) -> Result<HeaderMap, Gc> {
     if !list.is_qexpr() {
         return Err(type_error(vm, name, "headers as {{name value} …}", list));

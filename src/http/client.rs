@@ -75,32 +75,30 @@ impl Client {
 /// How long a failed request waits for its connection's reason to end.
 const END_REASON_WAIT: Duration = Duration::from_millis(100);
 
-/// Whether `err` is a stream reset (the connection goes on).
-fn stream_reset(err: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+/// The HTTP/2 error behind `err`, if any.
+fn h2_cause<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a h2::Error> {
+    let mut source = Some(err);
     while let Some(e) = source {
         if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return h2.is_reset();
+            return Some(h2);
         }
         source = e.source();
     }
-    false
+    None
+}
+
+/// Whether `err` is a stream reset (the connection goes on).
+fn stream_reset(err: &hyper::Error) -> bool {
+    h2_cause(err).is_some_and(|h2| h2.is_reset())
 }
 
 /// Whether `err` is this side ending the connection over a frame too
 /// large to be one: what a cleartext client reads from a TLS server, whose
 /// answer to the HTTP/2 preface is a TLS alert.
 fn garbled_by_peer(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return h2.is_go_away()
-                && !h2.is_remote()
-                && h2.reason() == Some(h2::Reason::FRAME_SIZE_ERROR);
-        }
-        source = e.source();
-    }
-    false
+    h2_cause(err).is_some_and(|h2| {
+        h2.is_go_away() && !h2.is_remote() && h2.reason() == Some(h2::Reason::FRAME_SIZE_ERROR)
+    })
 }
 
 /// Connects to `host:port`. With `tls`, the certificate must be valid for
@@ -202,14 +200,7 @@ const REFUSED_RETRIES: u32 = 3;
 
 /// Whether the server refused the request's stream unprocessed.
 fn refused(err: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        source = cause.source();
-    }
-    false
+    h2_cause(err).is_some_and(|h2| h2.reason() == Some(h2::Reason::REFUSED_STREAM))
 }
 
 /// Sends one request and reads the whole response.
