@@ -494,6 +494,9 @@ builtin!(AWAIT, "await", "(await future [timeout-ms])", "Waits until the future 
             let v = payload_value(vm, &payload);
             if let Some(f) = host::<FutureRef>(vm, args[0]) {
                 f.value.set(Some(v));
+                if let Value::Ref(g) = args[0] {
+                    vm.heap.host_changed(g);
+                }
             }
             ret(v)
         }

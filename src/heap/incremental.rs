@@ -14,16 +14,16 @@
 //!
 //! - what they promote is black (marked): they marked or shaded everything
 //!   it points at;
-//! - old scopes written since the last minor collection (the remembered set
-//!   of the write barrier in `Heap::scope_mut`) and every live host object
-//!   are traced again, shading what they point at now;
+//! - old scopes and host objects changed since the last minor collection
+//!   (the remembered set of the write barriers in `Heap::scope_mut` and
+//!   `Heap::host_changed`) are traced again, shading what they point at now;
 //! - the roots are scanned, shading the old objects they point at.
 //!
 //! Lists allocated straight into the old generation (`cons_cell_old`) are
 //! black too, and shade their tail.
 //!
 //! Objects never change after they are made, except scopes and host
-//! objects, so no black object can point at a white one that nothing gray
+//! objects (each through its barrier), so no black object can point at a white one that nothing gray
 //! reaches, as of the end of each minor collection. Marking is complete at
 //! the first minor collection after which `major_gray` drains empty within
 //! the budget: a slice that empties it asks for that collection at the next
@@ -502,10 +502,14 @@ mod tests {
         let _ = roots;
     }
 
-    fn set_cell(heap: &Heap, g: Gc, v: Option<Value>) {
-        let mut vals = held(heap, g).borrow_mut();
-        vals.clear();
-        vals.extend(v);
+    /// Changes what a host object holds, through its write barrier.
+    fn set_cell(heap: &mut Heap, g: Gc, v: Option<Value>) {
+        {
+            let mut vals = held(heap, g).borrow_mut();
+            vals.clear();
+            vals.extend(v);
+        }
+        heap.host_changed(g);
     }
 
     /// xorshift64*: reproducible without a dependency.
@@ -658,7 +662,7 @@ mod tests {
                         if let Some(g) =
                             pick(&mut rng).filter(|&g| matches!(heap.get(g), Object::Ref(_)))
                         {
-                            set_cell(&heap, g, (rng.below(3) != 0).then_some(v));
+                            set_cell(&mut heap, g, (rng.below(3) != 0).then_some(v));
                         }
                     }
                     9 => {
