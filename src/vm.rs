@@ -479,19 +479,9 @@ fn mark_evaluation(
             heap.mark_value(*v);
         }
     }
-    for p in proto_roots {
-        for v in p.constants.iter() {
-            // Marking through the heap directly: protos are not objects.
-            match *v {
-                Value::Q(g)
-                | Value::S(g)
-                | Value::Str(g)
-                | Value::Lambda(g)
-                | Value::Map(g)
-                | Value::Ref(g) => heap.mark(g),
-                _ => {}
-            }
-        }
+    // Protos are not objects: their constants are marked directly.
+    for v in proto_roots.iter().flat_map(|p| p.constants.iter()) {
+        heap.mark_value(*v);
     }
 }
 
