@@ -229,9 +229,6 @@ pub struct Heap {
     /// Old scopes written since the last collection: they may point at
     /// young objects, so a minor collection traces them as roots.
     remembered: Vec<Gc>,
-    /// Host objects: the old ones are traced as roots by minor collections
-    /// (their contents can change behind the collector's back).
-    host_refs: Vec<Gc>,
     /// Bytes held by old objects, and the level that starts a major
     /// cycle.
     old_bytes: usize,
@@ -316,7 +313,6 @@ impl Heap {
             flags: Vec::with_capacity(START_OBJECTS),
             young: Vec::with_capacity(START_OBJECTS),
             remembered: Vec::new(),
-            host_refs: Vec::new(),
             old_bytes: 0,
             major_at: threshold_bytes.saturating_mul(4),
             mode: Mode::Full,
@@ -380,7 +376,6 @@ impl Heap {
         self.bytes += size;
         self.allocated_since_gc += size;
         self.live += 1;
-        let is_ref = matches!(obj, Object::Ref(_));
         let g = match self.free {
             Some(g) => {
                 let slot = &mut self.objects[g.index()];
@@ -399,9 +394,6 @@ impl Heap {
             }
         };
         self.young.push(g);
-        if is_ref {
-            self.host_refs.push(g);
-        }
         g
     }
 
@@ -1046,11 +1038,6 @@ impl Heap {
         }
         self.young = young;
         self.young.clear();
-        // The young host objects just freed leave the list; the survivors
-        // stay, old now.
-        let objects = &self.objects;
-        self.host_refs
-            .retain(|g| matches!(objects[g.index()], Object::Ref(_)));
         self.live -= freed;
         self.old_bytes += promoted;
         self.bytes = self.old_bytes;
@@ -1084,9 +1071,6 @@ impl Heap {
             self.free_slot(i);
             freed += 1;
         }
-        let objects = &self.objects;
-        self.host_refs
-            .retain(|g| matches!(objects[g.index()], Object::Ref(_)));
         self.live -= freed;
         self.bytes = bytes;
         self.old_bytes = bytes;
@@ -1206,11 +1190,6 @@ mod tests {
         assert_eq!(freed, 2, "the unreachable holder and its string");
         assert!(matches!(heap.get(kept), Object::Ref(_)));
         assert!(matches!(kept_str, Value::Str(g) if heap.string(g) == "kept"));
-        // The freed holder left the list of host objects; the two live
-        // ones are in it once each.
-        let mut refs = heap.host_refs.clone();
-        refs.sort_unstable_by_key(|g| g.index());
-        assert_eq!(refs, vec![old, kept]);
         // Dropped by the old holder, the promoted one goes at the next
         // full collection.
         held(&heap, old).borrow_mut().clear();

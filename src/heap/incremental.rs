@@ -218,11 +218,6 @@ impl Heap {
             .old_bytes
             .saturating_add(traced)
             .max(self.threshold.saturating_mul(4));
-        let objects = &self.objects;
-        self.host_refs
-            .retain(|g| matches!(objects[g.index()], Object::Ref(_)));
-        self.host_refs.sort_unstable_by_key(|g| g.index());
-        self.host_refs.dedup();
         self.phase = Phase::Idle;
         self.stats.major_cycles += 1;
     }
