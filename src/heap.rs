@@ -144,7 +144,8 @@ pub trait HostObject: Any {
 const _: () = assert!(std::mem::size_of::<Object>() == 40);
 
 pub enum Object {
-    Free(Option<Gc>),
+    /// A slot with no object (its flags are `FREE`).
+    Free,
     Cons(Cons),
     Str(Box<str>),
     Lambda(Lambda),
@@ -222,13 +223,17 @@ impl Mode {
 
 pub struct Heap {
     objects: Vec<Object>,
-    /// Per-object collector flags: `MARKED`, `OLD`, `REMEMBERED`.
+    /// Per-object collector flags: `MARKED`, `OLD`, `REMEMBERED`, `AGED`.
     flags: Vec<u8>,
-    /// Objects allocated since the last collection (the young generation).
+    /// The young generation: objects allocated since the last minor
+    /// collection, and those that survived it (`AGED`).
     young: Vec<Gc>,
     /// Old scopes written since the last collection: they may point at
     /// young objects, so a minor collection traces them as roots.
     remembered: Vec<Gc>,
+    /// The remembered set of the last minor collection: traced again at
+    /// the next, since what its objects pointed at may have stayed young.
+    remembered_again: Vec<Gc>,
     /// Bytes held by old objects, and the level that starts a major
     /// cycle.
     old_bytes: usize,
@@ -256,7 +261,8 @@ pub struct Heap {
     /// slots per sweeping slice.
     mark_work: usize,
     sweep_work: usize,
-    free: Option<Gc>,
+    /// Slots below it are taken (see `place`).
+    cursor: usize,
     live: usize,
     /// Approximate bytes held by live objects (after the last collection,
     /// plus everything allocated since).
@@ -279,7 +285,7 @@ pub struct Heap {
     scope_pool: Vec<Box<Scope>>,
     /// Scope objects freed by `free_scope`, still in place in the table and
     /// ready to be reinitialised by `take_scope` (no allocation, no drop).
-    /// The collector returns them to the ordinary free list.
+    /// The collector returns them to the free slots.
     free_scopes: Vec<Gc>,
     pub stats: GcStats,
 }
@@ -289,12 +295,36 @@ const CONS_BYTES: usize = std::mem::size_of::<Object>();
 const MARKED: u8 = 1;
 const OLD: u8 = 2;
 const REMEMBERED: u8 = 4;
+/// A young object that has survived a minor collection: the next one it
+/// survives makes it old.
+const AGED: u8 = 8;
+/// A slot with no object in it.
+const FREE: u8 = 16;
 /// Heap bytes a scope accounts for.
 const SCOPE_BYTES: usize = std::mem::size_of::<Object>() + std::mem::size_of::<Scope>();
 /// Heap bytes one map entry accounts for while the map is live.
 pub const MAP_ENTRY_BYTES: usize = 64;
 /// Freed scope boxes kept for reuse, so calls rarely reach the allocator.
 const SCOPE_POOL_LIMIT: usize = 1 << 20;
+
+/// The first slot at or after `from` whose flags say `FREE`. Runs of taken
+/// slots (an old generation) are passed over eight flags at a time.
+#[inline]
+fn first_free(flags: &[u8], from: usize) -> Option<usize> {
+    const ALL: u64 = u64::from_ne_bytes([FREE; 8]);
+    let mut i = from.min(flags.len());
+    while let Some(chunk) = flags.get(i..i + 8) {
+        let word = u64::from_ne_bytes(chunk.try_into().ok()?);
+        if word & ALL != 0 {
+            break;
+        }
+        i += 8;
+    }
+    flags[i..]
+        .iter()
+        .position(|&f| f & FREE != 0)
+        .map(|k| i + k)
+}
 
 /// The young generation's size for a collector threshold of `threshold`.
 fn nursery_bytes(threshold: usize) -> usize {
@@ -313,6 +343,7 @@ impl Heap {
             flags: Vec::with_capacity(START_OBJECTS),
             young: Vec::with_capacity(START_OBJECTS),
             remembered: Vec::new(),
+            remembered_again: Vec::new(),
             old_bytes: 0,
             major_at: threshold_bytes.saturating_mul(4),
             mode: Mode::Full,
@@ -327,7 +358,7 @@ impl Heap {
             charged: 0,
             mark_work: incremental::MARK_WORK,
             sweep_work: incremental::SWEEP_WORK,
-            free: None,
+            cursor: 0,
             live: 0,
             bytes: 0,
             allocated_since_gc: 0,
@@ -376,23 +407,7 @@ impl Heap {
         self.bytes += size;
         self.allocated_since_gc += size;
         self.live += 1;
-        let g = match self.free {
-            Some(g) => {
-                let slot = &mut self.objects[g.index()];
-                self.free = match slot {
-                    Object::Free(next) => *next,
-                    _ => None,
-                };
-                *slot = obj;
-                self.flags[g.index()] = 0;
-                g
-            }
-            None => {
-                self.objects.push(obj);
-                self.flags.push(0);
-                Gc::from_index(self.objects.len() - 1)
-            }
-        };
+        let g = self.place(obj);
         self.young.push(g);
         g
     }
@@ -721,14 +736,8 @@ impl Heap {
     /// Marks a root value.
     #[inline]
     pub fn mark_value(&mut self, v: Value) {
-        match v {
-            Value::Q(g)
-            | Value::S(g)
-            | Value::Str(g)
-            | Value::Lambda(g)
-            | Value::Map(g)
-            | Value::Ref(g) => self.mark(g),
-            _ => {}
+        if let Some(g) = v.heap_object() {
+            self.mark(g);
         }
     }
 
@@ -861,7 +870,7 @@ impl Heap {
                 }
                 work
             }
-            Object::Str(_) | Object::Error(_) | Object::Free(_) => 1,
+            Object::Str(_) | Object::Error(_) | Object::Free => 1,
         }
     }
 
@@ -979,8 +988,30 @@ impl Heap {
         freed
     }
 
+    /// Puts a new object in the first free slot at or after the cursor, or
+    /// at the end of the table. Free slots are taken in the order of the
+    /// table, so the objects made one after another sit side by side, and
+    /// so do the young ones that a minor collection visits and frees.
+    #[inline]
+    fn place(&mut self, obj: Object) -> Gc {
+        match first_free(&self.flags, self.cursor) {
+            Some(i) => {
+                self.objects[i] = obj;
+                self.flags[i] = 0;
+                self.cursor = i + 1;
+                Gc::from_index(i)
+            }
+            None => {
+                self.objects.push(obj);
+                self.flags.push(0);
+                self.cursor = self.objects.len();
+                Gc::from_index(self.objects.len() - 1)
+            }
+        }
+    }
+
     fn free_slot(&mut self, i: usize) {
-        let old = std::mem::replace(&mut self.objects[i], Object::Free(self.free));
+        let old = std::mem::replace(&mut self.objects[i], Object::Free);
         if let Object::Scope(mut b) = old {
             if self.scope_pool.len() < SCOPE_POOL_LIMIT {
                 b.func = None;
@@ -988,13 +1019,29 @@ impl Heap {
                 self.scope_pool.push(b);
             }
         }
-        self.flags[i] = 0;
-        self.free = Some(Gc::from_index(i));
+        self.flags[i] = FREE;
+        self.cursor = self.cursor.min(i);
     }
 
     /// Young objects reachable from the roots and from the remembered old
-    /// scopes and host objects survive and become old; the rest are freed.
+    /// objects survive; the rest are freed. A survivor stays young through
+    /// one minor collection and becomes old at the next it survives, so
+    /// what lives only a little longer than the collections are apart (a
+    /// handler waiting for a reply, a loop's accumulator between two
+    /// collections) dies young instead of waiting in the old generation
+    /// for a major cycle.
     fn finish_minor(&mut self) -> usize {
+        // Old objects remembered at the last minor collection are traced
+        // once more: what they pointed at may have survived it young.
+        // (Those written again since are in `remembered`, traced below;
+        // those freed since are no longer old.)
+        let mut again = std::mem::take(&mut self.remembered_again);
+        for &g in &again {
+            if self.flags[g.index()] & (OLD | REMEMBERED) == OLD {
+                self.trace_object(g, usize::MAX);
+            }
+        }
+        again.clear();
         let remembered = std::mem::take(&mut self.remembered);
         for &g in &remembered {
             self.flags[g.index()] &= !REMEMBERED;
@@ -1018,12 +1065,21 @@ impl Heap {
                 freed += 1;
             }
         }
-        let young = std::mem::take(&mut self.young);
+        let mut young = std::mem::take(&mut self.young);
         let mut promoted = 0usize;
-        for &g in &young {
+        let mut kept = 0usize;
+        let mut kept_bytes = 0usize;
+        for n in 0..young.len() {
+            let g = young[n];
             let i = g.index();
             let flags = self.flags[i];
-            if flags & MARKED != 0 {
+            if flags & MARKED != 0 && flags & AGED == 0 {
+                // Its first survival: young one more time.
+                self.flags[i] = AGED;
+                kept_bytes += Self::object_bytes(&self.objects[i]);
+                young[kept] = g;
+                kept += 1;
+            } else if flags & MARKED != 0 {
                 // Survivors of a minor collection during a major cycle are
                 // black for it: everything they point at was marked or
                 // shaded by this collection.
@@ -1031,17 +1087,53 @@ impl Heap {
                 let size = Self::object_bytes(&self.objects[i]);
                 promoted += size;
                 self.old_added(i, size);
-            } else if flags & OLD == 0 && !matches!(self.objects[i], Object::Free(_)) {
+                // Only scopes and host objects change after they are made,
+                // so only they can point at younger objects: at ones that
+                // just stayed young.
+                if matches!(self.objects[i], Object::Scope(_) | Object::Ref(_)) {
+                    again.push(g);
+                }
+            } else if flags & (OLD | FREE) == 0 {
                 self.free_slot(i);
                 freed += 1;
             }
         }
+        young.truncate(kept);
         self.young = young;
-        self.young.clear();
+        // Old objects that point at young ones now are traced at the next
+        // minor collection too: those just promoted (above), and those
+        // remembered for this one. The rest need not be.
+        again.extend(remembered);
+        again.sort_unstable_by_key(|g| g.index());
+        again.dedup();
+        again.retain(|&g| self.flags[g.index()] & OLD != 0 && self.points_young(g));
+        self.remembered_again = again;
         self.live -= freed;
         self.old_bytes += promoted;
-        self.bytes = self.old_bytes;
+        self.bytes = self.old_bytes + kept_bytes;
         freed
+    }
+
+    /// Whether the old scope or host object `g` points at a young object.
+    fn points_young(&self, g: Gc) -> bool {
+        let young = |h: Gc| self.flags[h.index()] & OLD == 0;
+        let young_value = |v: Value| v.heap_object().is_some_and(young);
+        match &self.objects[g.index()] {
+            Object::Scope(s) => {
+                s.vars.iter().any(|&(_, v)| young_value(v))
+                    || s.parent.is_some_and(young)
+                    || s.caller.is_some_and(young)
+                    || s.func
+                        .as_ref()
+                        .is_some_and(|f| f.constants.iter().any(|&v| young_value(v)))
+            }
+            Object::Ref(r) => {
+                let mut values = Vec::new();
+                r.trace(&mut values);
+                values.into_iter().any(young_value)
+            }
+            _ => false,
+        }
     }
 
     /// Traces everything from the roots and sweeps the whole table, stopping
@@ -1051,8 +1143,9 @@ impl Heap {
         for g in std::mem::take(&mut self.remembered) {
             self.flags[g.index()] &= !REMEMBERED;
         }
+        self.remembered_again.clear();
         // Scopes waiting in `free_scopes` are unmarked: the sweep below
-        // returns them to the ordinary free list. Their count was already
+        // returns them to the free slots. Their count was already
         // taken off `live`, so it is added back before the sweep subtracts.
         self.live += self.free_scopes.len();
         self.free_scopes.clear();
@@ -1065,7 +1158,7 @@ impl Heap {
                 bytes += Self::object_bytes(&self.objects[i]);
                 continue;
             }
-            if matches!(self.objects[i], Object::Free(_)) {
+            if self.flags[i] & FREE != 0 {
                 continue;
             }
             self.free_slot(i);
@@ -1173,9 +1266,11 @@ mod tests {
     fn minor_collection_frees_young_host_objects_and_traces_old_ones() {
         let mut heap = Heap::new(1 << 20);
         let old = holder(&mut heap, vec![]);
-        heap.begin_collection(false);
-        heap.mark(old);
-        heap.finish_collection(Instant::now());
+        for _ in 0..2 {
+            heap.begin_collection(false);
+            heap.mark(old);
+            heap.finish_collection(Instant::now());
+        }
         assert_eq!(heap.flags[old.index()] & OLD, OLD);
         // Young: a holder that the old one is given, with a string, and a
         // holder with a string that nothing refers to.
@@ -1238,6 +1333,81 @@ mod tests {
             cells += 1;
         }
         assert_eq!(cells, 1000);
+    }
+
+    /// A minor collection of a heap whose only roots are `roots`.
+    fn minor(heap: &mut Heap, roots: &[Gc]) -> usize {
+        heap.begin_collection(false);
+        for &g in roots {
+            heap.mark(g);
+        }
+        heap.finish_collection(Instant::now())
+    }
+
+    fn is_old(heap: &Heap, g: Gc) -> bool {
+        heap.flags[g.index()] & OLD != 0
+    }
+
+    /// What survives one minor collection stays young through it, and is
+    /// freed by the next if nothing refers to it by then; what survives
+    /// two is old.
+    #[test]
+    fn a_survivor_stays_young_through_one_minor_collection() {
+        let mut heap = Heap::new(1 << 20);
+        let kept = heap.new_scope(&[], None, None, None, false);
+        let brief = heap.qlist(&[Value::Num(1), Value::Num(2)]);
+        heap.scope_mut(kept).vars.push((Sym(0), brief));
+        assert_eq!(minor(&mut heap, &[kept]), 0);
+        assert!(!is_old(&heap, kept) && !is_old(&heap, brief.list_cell().unwrap()));
+        heap.scope_mut(kept).vars.clear();
+        assert_eq!(minor(&mut heap, &[kept]), 2, "the list dies young");
+        assert!(is_old(&heap, kept));
+        assert_eq!(heap.live_objects(), 1);
+        assert_eq!(heap.old_bytes, heap.live_bytes());
+    }
+
+    /// A scope written while young (no barrier sees that) and made old
+    /// while it points at an object that stayed young keeps that object
+    /// at the next minor collection, and the one after.
+    #[test]
+    fn a_promoted_scope_keeps_what_stayed_young() {
+        let mut heap = Heap::new(1 << 20);
+        let scope = heap.new_scope(&[], None, None, None, false);
+        minor(&mut heap, &[scope]);
+        let x = heap.qlist(&[Value::Num(7)]);
+        heap.scope_mut(scope).vars.push((Sym(0), x));
+        minor(&mut heap, &[scope]);
+        let cell = x.list_cell().unwrap();
+        assert!(is_old(&heap, scope) && !is_old(&heap, cell));
+        assert_eq!(minor(&mut heap, &[scope]), 0);
+        assert!(is_old(&heap, cell));
+        assert!(matches!(heap.cons(cell).head, Value::Num(7)));
+        assert!(
+            heap.remembered_again.is_empty(),
+            "nothing old points at a young object"
+        );
+        minor(&mut heap, &[scope]);
+        assert!(matches!(heap.cons(cell).head, Value::Num(7)));
+    }
+
+    /// An old scope written through its barrier is traced at the next
+    /// minor collection, and at the one after: what it was given is still
+    /// young then.
+    #[test]
+    fn a_remembered_scope_is_traced_until_what_it_holds_is_old() {
+        let mut heap = Heap::new(1 << 20);
+        let scope = heap.new_scope(&[], None, None, None, false);
+        minor(&mut heap, &[scope]);
+        minor(&mut heap, &[scope]);
+        assert!(is_old(&heap, scope));
+        let x = heap.string_value("x");
+        heap.scope_mut(scope).vars.push((Sym(0), x));
+        // The scope is no root: only the remembered sets reach it.
+        assert_eq!(minor(&mut heap, &[]), 0);
+        assert_eq!(heap.remembered_again, vec![scope]);
+        assert_eq!(minor(&mut heap, &[]), 0);
+        assert!(matches!(x, Value::Str(g) if is_old(&heap, g) && heap.string(g) == "x"));
+        assert!(heap.remembered_again.is_empty());
     }
 
     #[test]

@@ -70,6 +70,20 @@ impl Value {
         }
     }
 
+    /// The heap object the value refers to, if any.
+    #[inline]
+    pub fn heap_object(self) -> Option<Gc> {
+        match self {
+            Value::Q(g)
+            | Value::S(g)
+            | Value::Str(g)
+            | Value::Lambda(g)
+            | Value::Map(g)
+            | Value::Ref(g) => Some(g),
+            _ => None,
+        }
+    }
+
     pub fn is_qexpr(self) -> bool {
         matches!(self, Value::Nil | Value::Q(_))
     }
@@ -438,7 +452,7 @@ fn equal_leaves(heap: &Heap, a: Value, b: Value) -> Option<bool> {
 /// Reads an object kind name for diagnostics.
 pub fn object_kind(obj: &Object) -> &'static str {
     match obj {
-        Object::Free(_) => "free",
+        Object::Free => "free",
         Object::Cons(_) => "cons",
         Object::Str(_) => "string",
         Object::Lambda(_) => "lambda",

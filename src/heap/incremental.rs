@@ -38,7 +38,7 @@
 //! A full collection (`gc/collect`, the heap limit) abandons a cycle in
 //! progress and collects everything at once.
 
-use super::{Gc, Heap, Mode, Object, Phase, CONS_BYTES, MARKED, OLD};
+use super::{Gc, Heap, Mode, Phase, CONS_BYTES, MARKED, OLD};
 
 /// Work units traced per marking slice. A unit is an object or a field,
 /// a few nanoseconds each, so a slice takes about a millisecond.
@@ -180,7 +180,7 @@ impl Heap {
         let mut live_bytes = 0usize;
         for i in self.sweep_pos..end {
             let flags = self.flags[i];
-            if flags & OLD == 0 || matches!(self.objects[i], Object::Free(_)) {
+            if flags & OLD == 0 {
                 continue;
             }
             let size = Self::object_bytes(&self.objects[i]);
@@ -296,6 +296,13 @@ mod tests {
         step(heap, roots);
     }
 
+    /// Minor collections until what `roots` reach is old (a survivor
+    /// stays young through its first).
+    fn age(heap: &mut Heap, roots: &Roots) {
+        minor(heap, roots);
+        minor(heap, roots);
+    }
+
     /// Safe points until the major cycle in progress is over.
     fn finish(heap: &mut Heap, roots: &Roots) {
         for _ in 0..100_000 {
@@ -325,7 +332,7 @@ mod tests {
     }
 
     fn is_free(heap: &Heap, g: Gc) -> bool {
-        matches!(heap.get(g), Object::Free(_))
+        matches!(heap.get(g), Object::Free)
     }
 
     fn no_marks_left(heap: &Heap) -> bool {
@@ -342,7 +349,7 @@ mod tests {
             values: vec![],
             scopes: vec![y, s],
         };
-        minor(heap, &roots);
+        age(heap, &roots);
         heap.major_at = 0;
         // This minor collection starts the cycle: y then s are shaded, and
         // its one-unit slice traces s (the last shaded).
@@ -384,7 +391,9 @@ mod tests {
         let cell = young.list_cell().unwrap();
         assert_eq!(heap.list_len(young), 2);
         assert!(matches!(heap.cons(cell).head, Value::Num(5)));
+        age(&mut heap, &roots);
         assert!(heap.flags[cell.index()] & OLD != 0, "promoted");
+        assert_eq!(heap.list_len(young), 2);
     }
 
     #[test]
@@ -425,7 +434,7 @@ mod tests {
             values: vec![kept],
             scopes: vec![a],
         };
-        minor(&mut heap, &roots);
+        age(&mut heap, &roots);
         assert!(heap.flags[b.index()] & OLD != 0);
         roots.scopes.clear();
         heap.major_at = 0;
@@ -446,7 +455,7 @@ mod tests {
             values: garbage.clone(),
             scopes: vec![],
         };
-        minor(&mut heap, &roots);
+        age(&mut heap, &roots);
         roots.values.clear();
         heap.major_at = 0;
         minor(&mut heap, &roots);
@@ -466,7 +475,8 @@ mod tests {
         let promoted = heap.qlist(&[Value::Num(7), Value::Num(8)]);
         roots.values.push(pretenured);
         roots.values.push(promoted);
-        minor(&mut heap, &roots);
+        age(&mut heap, &roots);
+        assert_eq!(heap.phase, Phase::Sweeping);
         finish(&mut heap, &roots);
         assert!(no_marks_left(&heap));
         assert_eq!(heap.list_items(pretenured).len(), 5);
@@ -547,7 +557,7 @@ mod tests {
                 r.trace(&mut vals);
                 out.extend(vals.into_iter().filter_map(handle));
             }
-            Object::Free(_) => panic!("a reachable object was freed"),
+            Object::Free => panic!("a reachable object was freed"),
             _ => {}
         }
         out
@@ -682,7 +692,7 @@ mod tests {
                             let referenced = (0..heap.objects.len()).any(|i| {
                                 let h = Gc::from_index(i);
                                 h != g
-                                    && !matches!(heap.objects[i], Object::Free(_))
+                                    && !matches!(heap.objects[i], Object::Free)
                                     && children(&heap, h).contains(&g)
                             }) || roots.scopes.contains(&g);
                             if !referenced && !heap.free_scopes.contains(&g) {
