@@ -231,8 +231,8 @@ pub struct Heap {
     /// Old scopes written since the last collection: they may point at
     /// young objects, so a minor collection traces them as roots.
     remembered: Vec<Gc>,
-    /// The remembered set of the last minor collection: traced again at
-    /// the next, since what its objects pointed at may have stayed young.
+    /// Old objects that pointed at young ones (survivors kept young) when
+    /// the last minor collection ended: traced again at the next.
     remembered_again: Vec<Gc>,
     /// Bytes held by old objects, and the level that starts a major
     /// cycle.
@@ -313,9 +313,8 @@ const SCOPE_POOL_LIMIT: usize = 1 << 20;
 fn first_free(flags: &[u8], from: usize) -> Option<usize> {
     const ALL: u64 = u64::from_ne_bytes([FREE; 8]);
     let mut i = from.min(flags.len());
-    while let Some(chunk) = flags.get(i..i + 8) {
-        let word = u64::from_ne_bytes(chunk.try_into().ok()?);
-        if word & ALL != 0 {
+    while let Some(&chunk) = flags.get(i..i + 8).and_then(|c| c.first_chunk::<8>()) {
+        if u64::from_ne_bytes(chunk) & ALL != 0 {
             break;
         }
         i += 8;
