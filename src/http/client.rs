@@ -56,15 +56,28 @@ impl Client {
                 let _ = tokio::time::timeout(END_REASON_WAIT, told).await;
             }
         }
-        let mut text = format!("{} failed: {}", label, describe_error(err));
+        let own = describe_error(err);
         let mut garbled = garbled_by_peer(err);
-        if let Some((reason, peer_garbled)) = self.end_reason() {
-            text.push_str(&format!(
-                " (connection to {} ended: {})",
-                self.target, reason
-            ));
-            garbled |= peer_garbled;
-        }
+        let mut text = match self.end_reason() {
+            Some((reason, peer_garbled)) => {
+                garbled |= peer_garbled;
+                // A request cut off with its connection says only that
+                // (`channel closed`, `operation was canceled`): the
+                // connection's end is the reason.
+                if err.is_canceled() || err.is_closed() || own == reason {
+                    format!(
+                        "{} failed: connection to {} ended: {}",
+                        label, self.target, reason
+                    )
+                } else {
+                    format!(
+                        "{} failed: {} (connection to {} ended: {})",
+                        label, own, self.target, reason
+                    )
+                }
+            }
+            None => format!("{} failed: {}", label, own),
+        };
         if !self.tls && garbled {
             text.push_str(" — the peer does not speak HTTP/2 in the clear (a TLS server? connect without \"h2c\")");
         }
