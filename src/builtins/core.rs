@@ -329,7 +329,7 @@ builtin!(
     }
 );
 
-builtin!(SHUTDOWN, "shutdown", "(shutdown [code])", "Stops the async system, flushes output and ends the program with the code; in the REPL it only returns the code.", |vm, args, env| {
+builtin!(SHUTDOWN, "shutdown", "(shutdown [code])", "Stops the async system, flushes output and ends the program with the code; in the REPL it only returns the code. Write `(shutdown 0)`: `(shutdown)` alone is the function's value, not a call.", |vm, args, env| {
     let code = exit_code(vm, "shutdown", args)?;
     if vm.mode == Mode::Repl || vm.sandboxed {
         return ret(Value::Num(code as i64));
