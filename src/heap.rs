@@ -228,8 +228,9 @@ pub struct Heap {
     /// The young generation: objects allocated since the last minor
     /// collection, and those that survived it (`AGED`).
     young: Vec<Gc>,
-    /// Old scopes written since the last collection: they may point at
-    /// young objects, so a minor collection traces them as roots.
+    /// Old scopes and host objects written since the last minor
+    /// collection (the write barriers): they may point at young objects,
+    /// so a minor collection traces them as roots.
     remembered: Vec<Gc>,
     /// Old objects that pointed at young ones (survivors kept young) when
     /// the last minor collection ended: traced again at the next.

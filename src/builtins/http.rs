@@ -247,8 +247,9 @@ const YOUNG_MESSAGE_BUDGET: usize = 512 << 10;
 /// Message bytes before a major cycle (more when the live heap is larger,
 /// so that cycles cost a bounded share of the time): it frees the requests
 /// that two minor collections in a row found still in flight (a handler
-/// that awaits) and so promoted. The cycle runs a slice at each of the minor collections
-/// that follow, so no pause depends on the size of the heap.
+/// that awaits) and so promoted. The cycle runs a slice at each of the
+/// minor collections that follow, so no pause depends on the size of the
+/// heap.
 const MESSAGE_BUDGET: usize = 4 << 20;
 
 /// A host value for a request or response. The heap counts every host

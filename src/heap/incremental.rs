@@ -532,30 +532,23 @@ mod tests {
         }
     }
 
-    fn handle(v: Value) -> Option<Gc> {
-        match v {
-            Value::Q(g) | Value::S(g) | Value::Str(g) | Value::Map(g) | Value::Ref(g) => Some(g),
-            _ => None,
-        }
-    }
-
     /// Handles an object refers to, read without touching the collector.
     fn children(heap: &Heap, g: Gc) -> Vec<Gc> {
         let mut out: Vec<Gc> = Vec::new();
         match heap.get(g) {
             Object::Cons(c) => {
-                out.extend(handle(c.head));
+                out.extend(c.head.heap_object());
                 out.extend(c.tail);
             }
             Object::Scope(s) => {
-                out.extend(s.vars.iter().filter_map(|(_, v)| handle(*v)));
+                out.extend(s.vars.iter().filter_map(|(_, v)| v.heap_object()));
                 out.extend(s.parent);
                 out.extend(s.caller);
             }
             Object::Ref(r) => {
                 let mut vals = Vec::new();
                 r.trace(&mut vals);
-                out.extend(vals.into_iter().filter_map(handle));
+                out.extend(vals.into_iter().filter_map(Value::heap_object));
             }
             Object::Free => panic!("a reachable object was freed"),
             _ => {}
@@ -567,7 +560,11 @@ mod tests {
     fn reachable(heap: &Heap, roots: &Roots) -> Vec<Gc> {
         let mut seen = HashSet::new();
         let mut order = Vec::new();
-        let mut todo: Vec<Gc> = roots.values.iter().filter_map(|v| handle(*v)).collect();
+        let mut todo: Vec<Gc> = roots
+            .values
+            .iter()
+            .filter_map(|v| v.heap_object())
+            .collect();
         todo.extend(roots.scopes.iter().copied());
         while let Some(g) = todo.pop() {
             if seen.insert(g) {
