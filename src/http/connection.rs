@@ -545,11 +545,18 @@ fn send(
     *response.headers_mut() = data.headers;
     let headers = response.headers_mut();
     headers.insert(CONTENT_LENGTH, HeaderValue::from(data.body.len()));
-    headers.entry(DATE).or_insert_with(date::now);
-    if !data.body.is_empty() {
-        headers
-            .entry(CONTENT_TYPE)
-            .or_insert_with(|| HeaderValue::from_static("text/plain; charset=utf-8"));
+    // Tested, then inserted: `HeaderMap::entry` makes room for one more
+    // header before it looks, so on a full map (`ResponseData::text` makes
+    // one just large enough) it would grow the map, a reallocation and a
+    // rehash per response, even for a header that is there.
+    if !headers.contains_key(DATE) {
+        headers.insert(DATE, date::now());
+    }
+    if !data.body.is_empty() && !headers.contains_key(CONTENT_TYPE) {
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
     }
     let end = head || data.body.is_empty();
     // An error means the client reset the stream: nobody to answer.
