@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use tokio::runtime::Runtime;
 
-pub mod arena;
 pub mod future;
 pub mod isolate;
 pub mod process;
@@ -59,7 +58,6 @@ pub fn runtime() -> &'static Runtime {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(thread_count())
             .thread_name("valk-aio")
-            .on_thread_start(arena::spread_thread)
             .enable_all()
             .build()
             .unwrap_or_else(|e| panic!("cannot start the async runtime: {}", e))

@@ -175,7 +175,6 @@ fn start_workers() {
 /// A worker isolate: loads the program quietly, then serves the handlers
 /// it registered until their servers drain.
 fn run_worker(index: usize, program: &[ProgramPart]) {
-    super::arena::spread_thread();
     let mut interp = Interpreter::new(Mode::Script);
     interp.vm.set_native_stack(WORKER_STACK);
     let iso = isolate::install_worker(&interp.vm, index);

@@ -91,10 +91,7 @@ fn demo_lane() -> Option<Arc<Port>> {
                 let handle = runtime.handle().clone();
                 std::thread::Builder::new()
                     .name(format!("valk-lane-{}", i))
-                    .spawn(move || {
-                        aio::arena::spread_thread();
-                        runtime.block_on(std::future::pending::<()>())
-                    })
+                    .spawn(move || runtime.block_on(std::future::pending::<()>()))
                     .ok()?;
                 Some(Arc::new(Port {
                     runtime: Some(handle),
