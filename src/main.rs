@@ -2,16 +2,19 @@
 //! Only argument handling lives here; see lib.rs for the interpreter.
 
 use std::io::Write;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::ExitCode;
 
 use clap::Parser;
+use corosensei::stack::DefaultStack;
+use corosensei::{Coroutine, CoroutineResult, Yielder};
 use valkyria::{aio, repl, Interpreter, Mode};
 
 /// jemalloc: see its entry in Cargo.toml for why.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// Native stack for the evaluator thread. Only touched pages use memory;
+/// Native stack of the evaluator. Only touched pages use memory;
 /// the VM turns deeper recursion into an Error well before the end.
 const EVALUATOR_STACK: usize = 4 << 30;
 
@@ -132,26 +135,34 @@ fn main() -> ExitCode {
     };
     let mut cli = Cli::parse_from(command_line);
     cli.after_dashes = after_dashes;
-    let evaluator = std::thread::Builder::new()
-        .name("evaluator".into())
-        .stack_size(EVALUATOR_STACK)
-        .spawn(move || {
-            let code = run(cli);
-            // The program is done and everything it opened is closed: the
-            // process ends here, so the thread's own teardown (its
-            // allocator cache handed back and purged) is not paid for.
-            let _ = std::io::stdout().flush();
-            std::process::exit(i32::from(code as u8))
-        });
-    let code = match evaluator {
-        // The evaluator ends the process when the program is done; the
-        // join returns only if it panicked.
-        Ok(handle) => handle.join().unwrap_or_else(|_| {
-            eprintln!("valk: internal error: the evaluator panicked");
-            70
-        }),
+    // The program runs on a stack of its own, switched to on this thread
+    // (a coroutine that never yields): one large enough for deep
+    // recursion, with no second thread to start — a thread's creation,
+    // its own signal stack and its wake-up on another core were a sixth of
+    // a short script's run.
+    let code = match DefaultStack::new(EVALUATOR_STACK) {
+        Ok(stack) => {
+            let mut evaluator = Coroutine::with_stack(stack, move |_: &Yielder<(), ()>, ()| {
+                let code = run(cli);
+                // The program is done and everything it opened is closed:
+                // the process ends here, so nothing is torn down that the
+                // exit would not free anyway.
+                let _ = std::io::stdout().flush();
+                std::process::exit(i32::from(code as u8))
+            });
+            // The evaluator ends the process when the program is done; it
+            // comes back here only if it panicked.
+            match catch_unwind(AssertUnwindSafe(|| evaluator.resume(()))) {
+                Ok(CoroutineResult::Return(())) => unreachable!("the evaluator ends the process"),
+                Ok(CoroutineResult::Yield(())) => unreachable!("the evaluator never yields"),
+                Err(_) => {
+                    eprintln!("valk: internal error: the evaluator panicked");
+                    70
+                }
+            }
+        }
         Err(e) => {
-            eprintln!("valk: cannot start the evaluator thread: {}", e);
+            eprintln!("valk: cannot make the evaluator's stack: {}", e);
             71
         }
     };
