@@ -138,8 +138,8 @@ fn main() -> ExitCode {
     // The program runs on a stack of its own, switched to on this thread
     // (a coroutine that never yields): one large enough for deep
     // recursion, with no second thread to start — a thread's creation,
-    // its own signal stack and its wake-up on another core were a sixth of
-    // a short script's run.
+    // its own signal stack and its wake-up on another core were a fifth of
+    // a short script's run (docs/DECISIONS.md, "Deep recursion").
     let code = match DefaultStack::new(EVALUATOR_STACK) {
         Ok(stack) => {
             let mut evaluator = Coroutine::with_stack(stack, move |_: &Yielder<(), ()>, ()| {
