@@ -394,6 +394,19 @@ impl Heap {
             }
     }
 
+    /// Makes room for `additional` more objects without growing the
+    /// object table step by step (each step copies the whole table). For
+    /// callers that know roughly how many they are about to make, such as
+    /// the reader for a large source.
+    pub fn reserve(&mut self, additional: usize) {
+        let free = self.objects.capacity() - self.objects.len();
+        if additional > free {
+            self.objects.reserve(additional);
+            self.flags.reserve(additional);
+            self.young.reserve(additional);
+        }
+    }
+
     #[inline]
     pub fn alloc(&mut self, obj: Object) -> Gc {
         let size = Self::object_bytes(&obj);
@@ -994,20 +1007,21 @@ impl Heap {
     /// so do the young ones that a minor collection visits and frees.
     #[inline]
     fn place(&mut self, obj: Object) -> Gc {
-        match first_free(&self.flags, self.cursor) {
-            Some(i) => {
+        // No slot at or past the cursor is free when it is at the end (the
+        // table only grows there): no scan, as when a program or the
+        // reader makes many objects in a row.
+        if self.cursor < self.flags.len() {
+            if let Some(i) = first_free(&self.flags, self.cursor) {
                 self.objects[i] = obj;
                 self.flags[i] = 0;
                 self.cursor = i + 1;
-                Gc::from_index(i)
-            }
-            None => {
-                self.objects.push(obj);
-                self.flags.push(0);
-                self.cursor = self.objects.len();
-                Gc::from_index(self.objects.len() - 1)
+                return Gc::from_index(i);
             }
         }
+        self.objects.push(obj);
+        self.flags.push(0);
+        self.cursor = self.objects.len();
+        Gc::from_index(self.objects.len() - 1)
     }
 
     fn free_slot(&mut self, i: usize) {

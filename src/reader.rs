@@ -49,10 +49,6 @@ pub fn is_symbol_byte(b: u8) -> bool {
     SYMBOL_BYTES[b as usize]
 }
 
-fn is_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
-}
-
 /// What a token of symbol characters denotes.
 pub enum Atom {
     Int(i64),
@@ -113,11 +109,14 @@ pub fn classify(tok: &str) -> Atom {
     }
 }
 
+/// A bracket being read. Its elements so far are `items[start..]` of the
+/// reader's one stack of elements, which every open list shares: a list
+/// needs no vector of its own, grown as it is read and freed after.
 struct Open {
     close: u8,
     open: char,
     span: Span,
-    items: Vec<(Value, Span)>,
+    start: usize,
 }
 
 struct Lexer<'a> {
@@ -156,18 +155,35 @@ impl<'a> Lexer<'a> {
 
     /// Skips whitespace and comments.
     fn skip_trivia(&mut self) {
-        while self.pos < self.src.len() {
-            let b = self.src[self.pos];
-            if is_space(b) {
-                self.bump();
-            } else if b == b';' {
-                while self.pos < self.src.len() && self.src[self.pos] != b'\n' {
-                    self.bump();
+        while let Some(&b) = self.src.get(self.pos) {
+            match b {
+                b'\n' => {
+                    self.pos += 1;
+                    self.line += 1;
+                    self.col = 1;
                 }
-            } else {
-                break;
+                b' ' | b'\t' | b'\r' | 0x0b | 0x0c => {
+                    self.pos += 1;
+                    self.col += 1;
+                }
+                b';' => {
+                    // To the end of the line, in one scan; the newline is
+                    // left for the loop.
+                    let rest = &self.src[self.pos..];
+                    let len = rest.iter().position(|&c| c == b'\n').unwrap_or(rest.len());
+                    self.advance_on_line(len);
+                }
+                _ => break,
             }
         }
+    }
+
+    /// Moves past `len` bytes that hold no newline (columns count
+    /// characters: UTF-8 continuation bytes add none).
+    fn advance_on_line(&mut self, len: usize) {
+        let run = &self.src[self.pos..self.pos + len];
+        self.col += run.iter().filter(|&&c| c & 0xC0 != 0x80).count() as u32;
+        self.pos += len;
     }
 
     fn read_string(&mut self, start: Span) -> Result<String, ReadError> {
@@ -183,10 +199,22 @@ impl<'a> Lexer<'a> {
                     self.span(),
                 ));
             }
-            // Copy a run of plain characters at once.
+            // Copy a run of plain characters at once: up to the next quote
+            // or backslash, a line at a time.
             let run_start = self.pos;
-            while self.pos < self.src.len() && !matches!(self.src[self.pos], b'"' | b'\\') {
-                self.bump();
+            loop {
+                let rest = &self.src[self.pos..];
+                let len = rest
+                    .iter()
+                    .position(|&c| matches!(c, b'"' | b'\\' | b'\n'))
+                    .unwrap_or(rest.len());
+                self.advance_on_line(len);
+                match self.src.get(self.pos) {
+                    Some(b'\n') => {
+                        self.bump();
+                    }
+                    _ => break,
+                }
             }
             out.push_str(&self.text[run_start..self.pos]);
             if self.pos >= self.src.len() {
@@ -303,8 +331,14 @@ pub fn read_all(
             lx.bump();
         }
     }
+    // Dense source makes an object for every three or four bytes (a
+    // token and the space after it; commented code fewer): room for that
+    // many spares growing the heap's object table, and copying it, again
+    // and again while a large file is read. Only what is used is touched.
+    heap.reserve(src.len() / 3);
     let mut top: Vec<(Value, Span)> = Vec::new();
     let mut stack: Vec<Open> = Vec::new();
+    let mut items: Vec<(Value, Span)> = Vec::new();
     loop {
         lx.skip_trivia();
         let span = lx.span();
@@ -334,7 +368,7 @@ pub fn read_all(
                     close: if b == b'(' { b')' } else { b'}' },
                     open: b as char,
                     span,
-                    items: Vec::new(),
+                    start: items.len(),
                 });
                 continue;
             }
@@ -342,7 +376,7 @@ pub fn read_all(
                 lx.bump();
                 match stack.pop() {
                     Some(open) if open.close == b => {
-                        let cells = heap.list_cells(open.items.into_iter().rev(), None);
+                        let cells = heap.list_cells(items.drain(open.start..).rev(), None);
                         let v = match (open.open, cells) {
                             ('(', Some(g)) => Value::S(g),
                             ('(', None) => Value::Unit,
@@ -350,7 +384,7 @@ pub fn read_all(
                             (_, None) => Value::Nil,
                         };
                         // The list's own span is where it opened.
-                        push_item(&mut stack, &mut top, v, open.span);
+                        push_item(&stack, &mut items, &mut top, v, open.span);
                         continue;
                     }
                     Some(open) => {
@@ -414,14 +448,22 @@ pub fn read_all(
                 ));
             }
         };
-        push_item(&mut stack, &mut top, value, span);
+        push_item(&stack, &mut items, &mut top, value, span);
     }
 }
 
-fn push_item(stack: &mut [Open], top: &mut Vec<(Value, Span)>, v: Value, span: Span) {
-    match stack.last_mut() {
-        Some(open) => open.items.push((v, span)),
-        None => top.push((v, span)),
+/// Adds an element to the innermost open list, or to the top-level forms.
+fn push_item(
+    stack: &[Open],
+    items: &mut Vec<(Value, Span)>,
+    top: &mut Vec<(Value, Span)>,
+    v: Value,
+    span: Span,
+) {
+    if stack.is_empty() {
+        top.push((v, span));
+    } else {
+        items.push((v, span));
     }
 }
 
@@ -541,6 +583,16 @@ mod tests {
         let e = read("  #").unwrap_err();
         assert_eq!((e.span.line, e.span.col), (1, 3));
         assert!(read("\"abc").unwrap_err().message.contains("close string"));
+    }
+
+    #[test]
+    fn positions_count_characters_across_comments_and_strings() {
+        // A comment and a string with multi-byte characters, the string
+        // over two lines: columns count characters, lines count newlines.
+        let e = read("; héllo wörld\n\"ä\nöü\" #").unwrap_err();
+        assert_eq!((e.span.line, e.span.col), (3, 5));
+        let e = read("\"日本\" ; ç\n  \"é\\n\" )").unwrap_err();
+        assert_eq!((e.span.line, e.span.col), (2, 9));
     }
 
     #[test]
