@@ -15,6 +15,7 @@ use smallvec::SmallVec;
 
 use crate::compile::Proto;
 use crate::error::{ErrorData, Span};
+use crate::hugepages;
 use crate::map::Entries;
 use crate::symbol::Sym;
 use crate::value::Value;
@@ -399,12 +400,22 @@ impl Heap {
     /// callers that know roughly how many they are about to make, such as
     /// the reader for a large source.
     pub fn reserve(&mut self, additional: usize) {
-        let free = self.objects.capacity() - self.objects.len();
-        if additional > free {
-            self.objects.reserve(additional);
-            self.flags.reserve(additional);
-            self.young.reserve(additional);
+        if additional > self.objects.capacity() - self.objects.len() {
+            self.grow(additional);
         }
+    }
+
+    /// Grows the object table by at least `additional` slots (doubling,
+    /// as a push would), and its flags with it. Large tables are advised
+    /// as huge-page candidates (`hugepages`).
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self, additional: usize) {
+        self.objects.reserve(additional);
+        let cap = self.objects.capacity();
+        self.flags.reserve_exact(cap - self.flags.len());
+        hugepages::advise(&self.objects);
+        hugepages::advise(&self.flags);
     }
 
     #[inline]
@@ -1017,6 +1028,9 @@ impl Heap {
                 self.cursor = i + 1;
                 return Gc::from_index(i);
             }
+        }
+        if self.objects.len() == self.objects.capacity() {
+            self.grow(1);
         }
         self.objects.push(obj);
         self.flags.push(0);

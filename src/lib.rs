@@ -10,6 +10,7 @@ pub mod compile;
 pub mod error;
 pub mod heap;
 pub mod http;
+mod hugepages;
 pub mod lower;
 pub mod map;
 pub mod reader;
