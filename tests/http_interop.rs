@@ -1,6 +1,7 @@
 //! HTTP/2 interoperability with independent peers: curl against the
 //! server (h2c with prior knowledge, and TLS with ALPN), h2load runs with
-//! no failed request, and nghttpd as the server for the Valkyria client.
+//! no failed request, nghttpd as the server for the Valkyria client, and
+//! the examples queried as their comments say.
 //! Each test skips with a printed notice when its tool is not installed.
 
 #[path = "http/support.rs"]
@@ -242,4 +243,83 @@ fn client_against_nghttpd_tls() {
     let cert = make_cert(&dir);
     let (_peer, port) = nghttpd(&dir, Some(&cert));
     client_against_nghttpd(&dir, port, Some(&cert.1));
+}
+
+/// The URL an example printed in its first line ("Serving … on URL", "API
+/// on URL (h2c)").
+fn printed_url(server: &Server) -> String {
+    let first = server.lines().first().expect("the example printed nothing");
+    first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://") || w.starts_with("https://"))
+        .unwrap_or_else(|| panic!("no URL in {:?}", first))
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// The examples a newcomer runs first answer curl as their comments say:
+/// hello_server over h2c and, given a key and certificate, over TLS;
+/// api_server's routes, status codes and JSON bodies.
+#[test]
+fn examples_answer_curl() {
+    if !tool("curl", "examples_answer_curl") {
+        return;
+    }
+    let h2c = "--http2-prior-knowledge";
+    let hello = Server::start_until(&["examples/hello_server.valk", "0"], &[], "Serving");
+    let url = printed_url(&hello);
+    assert!(url.starts_with("http://127.0.0.1:"), "{}", url);
+    assert_eq!(
+        curl(&[h2c, &format!("{}/", url)]),
+        ("Hello from Valkyria!\n".into(), "2 200".into())
+    );
+    let out = hello.terminate();
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+
+    let dir = temp_dir("examples");
+    let (key, cert) = make_cert(&dir);
+    let hello = Server::start_until(
+        &["examples/hello_server.valk", "0", &key, &cert],
+        &[],
+        "Serving",
+    );
+    let url = printed_url(&hello);
+    assert!(url.starts_with("https://127.0.0.1:"), "{}", url);
+    assert_eq!(
+        curl(&["-k", "--http2", &format!("{}/", url)]),
+        ("Hello from Valkyria!\n".into(), "2 200".into())
+    );
+    let out = hello.terminate();
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+
+    let api = Server::start_until(&["examples/api_server.valk", "0"], &[], "API on");
+    let base = printed_url(&api);
+    let (body, status) = curl(&[h2c, &format!("{}/items", base)]);
+    assert_eq!(status, "2 200");
+    assert_eq!(
+        body,
+        "{\"count\":3,\"items\":[\"apples\",\"bread\",\"coffee\"]}\n"
+    );
+    let (body, status) = curl(&[
+        h2c,
+        "-d",
+        "{\"name\": \"milk\", \"qty\": 2}",
+        &format!("{}/echo", base),
+    ]);
+    assert_eq!(status, "2 200");
+    assert_eq!(
+        body,
+        "{\"keys\":[\"name\",\"qty\"],\"received\":{\"name\":\"milk\",\"qty\":2}}\n"
+    );
+    let (body, status) = curl(&[h2c, "-d", "{\"name\": ", &format!("{}/echo", base)]);
+    assert_eq!(status, "2 400");
+    assert!(body.starts_with("{\"error\":"), "{}", body);
+    let (head, status) = curl(&[h2c, "-i", &format!("{}/items", base), "-X", "DELETE"]);
+    assert_eq!(status, "2 405");
+    assert!(head.contains("content-type: application/json"), "{}", head);
+    let (body, status) = curl(&[h2c, &format!("{}/nowhere", base)]);
+    assert_eq!(status, "2 404");
+    assert_eq!(body, "{\"error\":\"not found\",\"path\":\"/nowhere\"}\n");
+    let out = api.terminate();
+    assert_eq!(out.status, Some(0), "{}", out.describe());
 }

@@ -192,6 +192,27 @@ impl Server {
     /// As `start`; with `keep_stderr` false the read end of the server's
     /// standard error is closed at once, so every write to it fails.
     pub fn start_with(args: &[&str], envs: &[(&str, &str)], keep_stderr: bool) -> Server {
+        Server::launch(args, envs, keep_stderr, |line| line == "ready")
+    }
+
+    /// Starts `valk ARGS…` and waits for the first line of its output that
+    /// starts with `prefix` (a program that does not print "ready", such
+    /// as the examples); `lines` holds what it printed up to there.
+    pub fn start_until(args: &[&str], envs: &[(&str, &str)], prefix: &str) -> Server {
+        Server::launch(args, envs, true, |line| line.starts_with(prefix))
+    }
+
+    /// What the server printed up to the line it was waited for.
+    pub fn lines(&self) -> &[String] {
+        &self.stdout
+    }
+
+    fn launch(
+        args: &[&str],
+        envs: &[(&str, &str)],
+        keep_stderr: bool,
+        ready: impl Fn(&str) -> bool,
+    ) -> Server {
         let mut cmd = Command::new(VALK);
         cmd.args(args)
             .current_dir(ROOT)
@@ -232,7 +253,7 @@ impl Server {
             match server.lines.recv_timeout(left) {
                 Ok(line) => {
                     server.stdout.push(line.clone());
-                    if line == "ready" {
+                    if ready(&line) {
                         break;
                     }
                     let mut parts = line.split_whitespace();
