@@ -124,9 +124,7 @@ impl Isolate {
     /// The isolate's own runtime, on this thread.
     pub fn runtime(&self) -> &Runtime {
         self.runtime.get_or_init(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
+            super::serving_runtime()
                 .unwrap_or_else(|e| panic!("cannot start an isolate's runtime: {}", e))
         })
     }

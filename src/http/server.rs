@@ -84,10 +84,7 @@ fn demo_lane() -> Option<Arc<Port>> {
     let lanes = LANES.get_or_init(|| {
         (0..aio::thread_count())
             .filter_map(|i| {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .ok()?;
+                let runtime = aio::serving_runtime().ok()?;
                 let handle = runtime.handle().clone();
                 std::thread::Builder::new()
                     .name(format!("valk-lane-{}", i))
