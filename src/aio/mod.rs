@@ -56,10 +56,10 @@ pub fn thread_count() -> usize {
 /// requests it sends are often there when the thread looks again, so it
 /// does not sleep only to be woken a few microseconds later. Measured on
 /// two cores shared with h2load (`docs/PERFORMANCE.md`, "HTTP/2 load",
-/// 2026-11-29): the Lisp handler at `-c 10` served 7-30 % more requests
-/// per second with 3-8 % less CPU per request, the demo 2-12 % more;
-/// unchanged where the threads never idle (`-c 100`) or always wait for
-/// the next request (`-c 1 -m 1`).
+/// 2026-11-29): at `-c 10` the two-isolate Lisp handler and the two demo
+/// lanes served more requests per second with less CPU per request;
+/// nothing changed where the threads never idle or always wait for the
+/// next request.
 pub fn serving_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .on_thread_park(std::thread::yield_now)
